@@ -1,0 +1,1 @@
+"""Scheduled-jobs backend: Celery worker and beat for delivery tracking and housekeeping."""

@@ -1,0 +1,164 @@
+"""One typed settings object, read from the environment and an optional `.env` file."""
+
+import hashlib
+import os
+import sys
+import tempfile
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+from urllib.parse import urlsplit
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+TIMEZONE = "Asia/Shanghai"
+
+BROKER_SCHEMES = ("redis", "rediss", "redis+socket")
+DATABASE_SCHEMES = ("postgresql", "postgresql+psycopg2", "postgres", "sqlite")
+# A unix socket path must fit in sockaddr_un.sun_path (108 bytes on Linux).
+MAX_SOCKET_PATH = 100
+
+
+class ConfigError(Exception):
+    """A setting is missing or malformed; the message is one line naming the variable."""
+
+
+def _check_url(name: str, value: str | None, schemes: tuple[str, ...]) -> str | None:
+    if value is None:
+        return None
+    scheme = urlsplit(value).scheme
+    if scheme not in schemes:
+        raise ValueError(f"{name}: unsupported URL {value!r}; expected one of {', '.join(s + '://' for s in schemes)}")
+    return value
+
+
+class Settings(BaseSettings):
+    """Everything configurable, with the seed's variable names and sane defaults."""
+
+    model_config = SettingsConfigDict(extra="ignore", frozen=True)
+
+    celery_broker_url: str | None = None
+    celery_result_backend: str | None = None
+    database_url: str | None = None
+
+    app_home: Path = PROJECT_ROOT
+    logs_dir: Path | None = None
+    var_dir: Path | None = None
+    temp_dir: Path | None = None
+    backups_dir: Path | None = None
+
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    temp_file_ttl_hours: float = Field(24.0, gt=0)
+    log_retention_days: int = Field(30, ge=1)
+    disk_warn_percent: float = Field(80.0, gt=0, le=100)
+    disk_critical_percent: float = Field(90.0, gt=0, le=100)
+    memory_warn_percent: float = Field(90.0, gt=0, le=100)
+    load_warn_per_cpu: float = Field(2.0, gt=0)
+    task_max_deliveries: int = Field(3, ge=1)
+    worker_concurrency: int = Field(2, ge=1)
+
+    @field_validator("celery_broker_url", "celery_result_backend")
+    @classmethod
+    def _broker_scheme(cls, value, info):
+        return _check_url(info.field_name.upper(), value, BROKER_SCHEMES)
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_scheme(cls, value):
+        return _check_url("DATABASE_URL", value, DATABASE_SCHEMES)
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _lower_level(cls, value):
+        return value.lower() if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _thresholds_ordered(self):
+        if self.disk_warn_percent >= self.disk_critical_percent:
+            raise ValueError("DISK_WARN_PERCENT must be below DISK_CRITICAL_PERCENT")
+        return self
+
+    @property
+    def logs_path(self) -> Path:
+        return self.logs_dir or self.app_home / "logs"
+
+    @property
+    def var_path(self) -> Path:
+        return self.var_dir or self.app_home / "var"
+
+    @property
+    def temp_path(self) -> Path:
+        return self.temp_dir or self.var_path / "tmp"
+
+    @property
+    def backups_path(self) -> Path:
+        return self.backups_dir or self.var_path / "backups"
+
+    @property
+    def run_path(self) -> Path:
+        """PID files and the embedded broker's socket; kept short enough for a unix socket."""
+        run = self.var_path / "run"
+        if len(str(run / "valkey.sock")) <= MAX_SOCKET_PATH:
+            return run
+        digest = hashlib.sha1(str(run).encode()).hexdigest()[:12]
+        return Path(tempfile.gettempdir()) / f"celerybeat-{digest}"
+
+    @property
+    def uses_embedded_broker(self) -> bool:
+        return self.celery_broker_url is None
+
+    @property
+    def embedded_broker_socket(self) -> Path:
+        return self.run_path / "valkey.sock"
+
+    @property
+    def broker_url(self) -> str:
+        return self.celery_broker_url or f"redis+socket://{self.embedded_broker_socket}"
+
+    @property
+    def result_backend_url(self) -> str:
+        return self.celery_result_backend or self.broker_url
+
+    @property
+    def sqlite_path(self) -> Path:
+        return self.var_path / "app.db"
+
+    @property
+    def sqlalchemy_url(self) -> str:
+        """DATABASE_URL in SQLAlchemy's spelling, or the embedded SQLite file."""
+        if self.database_url is None:
+            return f"sqlite:///{self.sqlite_path}"
+        scheme, sep, rest = self.database_url.partition("://")
+        if scheme in ("postgres", "postgresql"):
+            return f"postgresql+psycopg2://{rest}"
+        return self.database_url
+
+
+def _describe(error: ValidationError) -> str:
+    first = error.errors()[0]
+    message = first["msg"].removeprefix("Value error, ")
+    if first["loc"]:
+        variable = str(first["loc"][0]).upper()
+        if not message.startswith(variable):
+            message = f"{variable}: {message} (got {first.get('input')!r})"
+    return message
+
+
+def load_settings() -> Settings:
+    """Read the settings; a malformed value raises ConfigError with one readable line."""
+    env_file = os.environ.get("APP_ENV_FILE", str(PROJECT_ROOT / ".env"))
+    try:
+        return Settings(_env_file=env_file or None)
+    except ValidationError as error:
+        raise ConfigError(f"configuration error / 配置错误: {_describe(error)}") from None
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings; exits with one clear line when they are malformed."""
+    try:
+        return load_settings()
+    except ConfigError as error:
+        sys.exit(str(error))

@@ -1,0 +1,70 @@
+"""The SQLAlchemy engine and session scope, on DATABASE_URL or the embedded SQLite file."""
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from sqlalchemy import create_engine, event, text
+from sqlalchemy.engine import Engine, Result
+from sqlalchemy.orm import Session, sessionmaker
+
+from app.core.config import Settings, get_settings
+
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+
+
+def _tune_sqlite(dbapi_connection, _record) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()
+
+
+def make_engine(url: str) -> Engine:
+    """An engine for `url`; SQLite gets WAL and a busy timeout so workers and beat can share it."""
+    if url.startswith("sqlite"):
+        engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
+        event.listen(engine, "connect", _tune_sqlite)
+        return engine
+    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
+
+
+class AppEngine:
+    """The engine, plus the 1.x-style `execute` that the seed's troubleshooting one-liner calls."""
+
+    def __init__(self, engine: Engine):
+        self.sa_engine = engine
+
+    def __getattr__(self, name):
+        return getattr(self.sa_engine, name)
+
+    def execute(self, statement: str, parameters: dict | None = None) -> Result:
+        with self.sa_engine.begin() as connection:
+            result = connection.execute(text(statement), parameters or {})
+            return result.freeze()() if result.returns_rows else result
+
+
+def _ensure_sqlite_dir(settings: Settings) -> None:
+    if settings.database_url is None:
+        settings.sqlite_path.parent.mkdir(parents=True, exist_ok=True)
+
+
+_settings = get_settings()
+_ensure_sqlite_dir(_settings)
+engine = AppEngine(make_engine(_settings.sqlalchemy_url))
+SessionFactory = sessionmaker(bind=engine.sa_engine, expire_on_commit=False)
+
+
+@contextmanager
+def session_scope() -> Iterator[Session]:
+    """One transaction: commit on success, roll back on any error."""
+    session = SessionFactory()
+    try:
+        yield session
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    finally:
+        session.close()

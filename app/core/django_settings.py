@@ -1,0 +1,58 @@
+"""Django settings: Django is here only to host django-celery-beat's tables (and later its admin)."""
+
+import secrets
+
+from sqlalchemy.engine import make_url
+
+from app.core.config import TIMEZONE, Settings, get_settings
+
+
+def django_database(settings: Settings) -> dict:
+    """The same database SQLAlchemy uses, in Django's terms."""
+    if settings.database_url is None:
+        settings.sqlite_path.parent.mkdir(parents=True, exist_ok=True)
+        return {
+            "ENGINE": "django.db.backends.sqlite3",
+            "NAME": str(settings.sqlite_path),
+            "OPTIONS": {
+                # IMMEDIATE: no lock-upgrade deadlock between beat and workers writing at once.
+                "transaction_mode": "IMMEDIATE",
+                "timeout": 30,
+                "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+            },
+        }
+    url = make_url(settings.sqlalchemy_url)
+    return {
+        "ENGINE": "django.db.backends.postgresql",
+        "NAME": url.database,
+        "USER": url.username or "",
+        "PASSWORD": url.password or "",
+        "HOST": url.host or "",
+        "PORT": str(url.port or ""),
+        "CONN_MAX_AGE": 60,
+        "CONN_HEALTH_CHECKS": True,
+    }
+
+
+def secret_key(settings: Settings) -> str:
+    """A per-installation secret, generated once and kept 0600 under var/."""
+    path = settings.var_path / "django_secret_key"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.touch(mode=0o600)
+        path.write_text(secrets.token_urlsafe(50))
+    return path.read_text().strip()
+
+
+_settings = get_settings()
+
+SECRET_KEY = secret_key(_settings)
+DEBUG = False
+ALLOWED_HOSTS = ["127.0.0.1", "localhost"]
+INSTALLED_APPS = ["django_celery_beat", "app.scheduling"]
+DATABASES = {"default": django_database(_settings)}
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+USE_TZ = True
+TIME_ZONE = TIMEZONE
+DJANGO_CELERY_BEAT_TZ_AWARE = True
+LOGGING_CONFIG = None

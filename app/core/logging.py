@@ -1,0 +1,58 @@
+"""The task results log: one JSON line per finished task in logs/task_results.log."""
+
+import json
+import logging
+import time
+from logging.handlers import WatchedFileHandler
+from pathlib import Path
+
+RESULTS_LOGGER = "app.task_results"
+RESULT_PREVIEW_CHARS = 500
+
+
+def task_results_logger(logs_dir: Path) -> logging.Logger:
+    """The logger writing task_results.log; a WatchedFileHandler reopens the file after rotation."""
+    logger = logging.getLogger(RESULTS_LOGGER)
+    path = logs_dir / "task_results.log"
+    if not any(getattr(h, "baseFilename", None) == str(path) for h in logger.handlers):
+        for handler in list(logger.handlers):
+            logger.removeHandler(handler)
+            handler.close()
+        logs_dir.mkdir(parents=True, exist_ok=True)
+        handler = WatchedFileHandler(path, encoding="utf-8")
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+    return logger
+
+
+def _preview(value) -> object:
+    text = value if isinstance(value, str) else json.dumps(value, default=repr, ensure_ascii=False)
+    if len(text) <= RESULT_PREVIEW_CHARS:
+        return value
+    return text[:RESULT_PREVIEW_CHARS] + "…"
+
+
+def task_result_record(
+    *, task_id: str, name: str, queue: str | None, state: str, runtime: float | None, retries: int, outcome
+) -> dict:
+    """The JSON-able line for one finished task; `outcome` is its result or the exception."""
+    record = {
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "id": task_id,
+        "name": name,
+        "queue": queue,
+        "state": state,
+        "runtime": None if runtime is None else round(runtime, 4),
+        "retries": retries,
+    }
+    if isinstance(outcome, BaseException):
+        record["error"] = f"{type(outcome).__name__}: {outcome}"[:RESULT_PREVIEW_CHARS]
+    else:
+        record["result"] = _preview(outcome)
+    return record
+
+
+def write_task_result(logs_dir: Path, record: dict) -> None:
+    task_results_logger(logs_dir).info(json.dumps(record, default=repr, ensure_ascii=False))

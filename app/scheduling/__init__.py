@@ -1,0 +1,1 @@
+"""The bridge between `beat_schedules.py` and django-celery-beat's tables (a Django app)."""

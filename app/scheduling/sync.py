@@ -1,0 +1,149 @@
+"""Sync the schedule table (`beat_schedules.py`) into django-celery-beat's tables."""
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass, field
+from datetime import timedelta
+from zoneinfo import ZoneInfo
+
+from celery.schedules import crontab, schedule as interval_schedule
+from django.db import transaction
+from django_celery_beat.models import CrontabSchedule, IntervalSchedule, PeriodicTask, PeriodicTasks
+
+from app.core.config import TIMEZONE
+from app.scheduling.models import CodeDefinedJob
+
+log = logging.getLogger(__name__)
+
+# The option keys django-celery-beat's DatabaseScheduler stores; any other key would be dropped.
+KEPT_OPTION_KEYS = frozenset({"queue", "exchange", "routing_key", "priority", "headers", "expire_seconds"})
+ENTRY_KEYS = frozenset({"task", "schedule", "args", "kwargs", "options"})
+
+
+class ScheduleEntryError(ValueError):
+    """An entry of the schedule table cannot be stored as a periodic task."""
+
+
+@dataclass
+class SyncReport:
+    created: list[str] = field(default_factory=list)
+    updated: list[str] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
+    disabled: list[str] = field(default_factory=list)
+
+
+def crontab_fields(entry_schedule: crontab) -> dict[str, str]:
+    return {
+        "minute": str(entry_schedule._orig_minute),
+        "hour": str(entry_schedule._orig_hour),
+        "day_of_week": str(entry_schedule._orig_day_of_week),
+        "day_of_month": str(entry_schedule._orig_day_of_month),
+        "month_of_year": str(entry_schedule._orig_month_of_year),
+    }
+
+
+def _schedule_spec(entry_schedule) -> dict:
+    if isinstance(entry_schedule, crontab):
+        return {"crontab": crontab_fields(entry_schedule)}
+    if isinstance(entry_schedule, timedelta):
+        return {"interval": entry_schedule.total_seconds()}
+    if isinstance(entry_schedule, interval_schedule):
+        return {"interval": entry_schedule.run_every.total_seconds()}
+    raise ScheduleEntryError(f"unsupported schedule {entry_schedule!r}: use crontab(...) or a timedelta")
+
+
+def validate_entry(name: str, entry: dict) -> None:
+    """Raise ScheduleEntryError naming the entry when it would be stored wrongly or not at all."""
+    unknown = set(entry) - ENTRY_KEYS
+    if unknown:
+        raise ScheduleEntryError(f"{name}: unknown keys {sorted(unknown)}")
+    if not isinstance(entry.get("task"), str):
+        raise ScheduleEntryError(f"{name}: 'task' must be the dotted task name as a string")
+    dropped = set(entry.get("options", {})) - KEPT_OPTION_KEYS
+    if dropped:
+        raise ScheduleEntryError(f"{name}: options {sorted(dropped)} would be dropped by the database scheduler")
+    if "queue" not in entry.get("options", {}):
+        raise ScheduleEntryError(f"{name}: options must name a queue")
+    try:
+        _schedule_spec(entry["schedule"])
+    except ScheduleEntryError as error:
+        raise ScheduleEntryError(f"{name}: {error}") from None
+
+
+def entry_fingerprint(entry: dict) -> str:
+    """A digest of everything in an entry, so a change in the file is told from an admin edit."""
+    canonical = {
+        "task": entry["task"],
+        "schedule": _schedule_spec(entry["schedule"]),
+        "args": entry.get("args", []),
+        "kwargs": entry.get("kwargs", {}),
+        "options": entry.get("options", {}),
+    }
+    return hashlib.sha256(json.dumps(canonical, sort_keys=True).encode()).hexdigest()
+
+
+def _schedule_model_fields(entry_schedule) -> dict:
+    fields = {"crontab": None, "interval": None, "solar": None, "clocked": None}
+    spec = _schedule_spec(entry_schedule)
+    if "crontab" in spec:
+        fields["crontab"], _ = CrontabSchedule.objects.get_or_create(**spec["crontab"], timezone=ZoneInfo(TIMEZONE))
+    else:
+        fields["interval"], _ = IntervalSchedule.objects.get_or_create(
+            every=int(spec["interval"]), period=IntervalSchedule.SECONDS
+        )
+    return fields
+
+
+def periodic_task_fields(entry: dict) -> dict:
+    options = entry.get("options", {})
+    return {
+        **_schedule_model_fields(entry["schedule"]),
+        "task": entry["task"],
+        "args": json.dumps(entry.get("args", [])),
+        "kwargs": json.dumps(entry.get("kwargs", {})),
+        "queue": options.get("queue"),
+        "exchange": options.get("exchange"),
+        "routing_key": options.get("routing_key"),
+        "priority": options.get("priority"),
+        "headers": json.dumps(options.get("headers", {})),
+        "expire_seconds": options.get("expire_seconds"),
+        "one_off": False,
+        "enabled": True,
+        "description": "defined in app/tasks/beat_schedules.py",
+    }
+
+
+def sync_schedule_table(table: dict[str, dict]) -> SyncReport:
+    """Make the database match the table: create and update changed entries, disable removed ones.
+
+    An entry whose file text is unchanged since the last sync is left alone, so an edit made
+    in the admin stands until the entry itself is changed in the file.
+    """
+    for name, entry in table.items():
+        validate_entry(name, entry)
+    report = SyncReport()
+    with transaction.atomic():
+        records = {record.name: record for record in CodeDefinedJob.objects.select_for_update()}
+        for name, entry in table.items():
+            fingerprint = entry_fingerprint(entry)
+            record = records.pop(name, None)
+            exists = PeriodicTask.objects.filter(name=name).exists()
+            if record is not None and exists and record.fingerprint == fingerprint:
+                report.unchanged.append(name)
+                continue
+            PeriodicTask.objects.update_or_create(name=name, defaults=periodic_task_fields(entry))
+            CodeDefinedJob.objects.update_or_create(name=name, defaults={"fingerprint": fingerprint})
+            (report.updated if exists else report.created).append(name)
+        for name, record in records.items():
+            PeriodicTask.objects.filter(name=name).update(enabled=False)
+            record.delete()
+            report.disabled.append(name)
+        if report.disabled:
+            PeriodicTasks.update_changed()
+    log.info(
+        "schedule table synced: %d created, %d updated, %d unchanged, %d disabled (%s)",
+        len(report.created), len(report.updated), len(report.unchanged), len(report.disabled),
+        ", ".join(report.disabled) or "none",
+    )
+    return report

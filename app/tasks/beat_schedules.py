@@ -1,0 +1,46 @@
+"""The schedule table: every code-defined periodic job, as data.
+
+Each entry: the task's dotted name, a crontab in Asia/Shanghai time, and options the database
+scheduler keeps: `queue`, and `expire_seconds` of about one period so a backlog after downtime
+never replays stale runs. Add a job here, implement its task, restart beat.
+"""
+
+from celery.schedules import crontab
+
+from app.tasks.queues import Queue
+
+MINUTE = 60
+HOUR = 60 * MINUTE
+DAY = 24 * HOUR
+
+BEAT_SCHEDULE = {
+    # 任务监控类 (monitoring)
+    "system-health-check": {
+        "task": "app.tasks.tracking_tasks.system_health_check",
+        "schedule": crontab(minute="*/5"),
+        "options": {"queue": Queue.HIGH_PRIORITY, "expire_seconds": 5 * MINUTE},
+    },
+    # 文件清理类 (file cleanup)
+    "cleanup-temp-files": {
+        "task": "app.tasks.file_tasks.cleanup_temp_files",
+        "schedule": crontab(minute=10),
+        "options": {"queue": Queue.LOW_PRIORITY, "expire_seconds": HOUR},
+    },
+    "cleanup-expired-results": {
+        "task": "app.tasks.file_tasks.cleanup_expired_results",
+        "schedule": crontab(minute=40, hour="*/2"),
+        "options": {"queue": Queue.LOW_PRIORITY, "expire_seconds": 2 * HOUR},
+    },
+    # High priority although it is housekeeping: a full disk stops everything else.
+    "check-disk-space": {
+        "task": "app.tasks.file_tasks.check_disk_space",
+        "schedule": crontab(minute=20),
+        "options": {"queue": Queue.HIGH_PRIORITY, "expire_seconds": HOUR},
+    },
+    # 每周任务 (weekly): Sunday night, the quietest hour of the week.
+    "cleanup-logs": {
+        "task": "app.tasks.file_tasks.cleanup_logs",
+        "schedule": crontab(minute=30, hour=3, day_of_week="sun"),
+        "options": {"queue": Queue.LOW_PRIORITY, "expire_seconds": DAY},
+    },
+}

@@ -1,0 +1,99 @@
+"""Test set-up: the in-process app runs on the embedded default in a private directory.
+
+Production variables are cleared before anything imports the app, so the tests never touch a
+broker or database of the machine's except through the explicit TEST_* URLs below.
+"""
+
+import gc
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+
+RUNTIME_ROOT = Path(tempfile.mkdtemp(prefix="cbm-tests-"))
+for variable in ("CELERY_BROKER_URL", "CELERY_RESULT_BACKEND", "DATABASE_URL", "APP_HOME"):
+    os.environ.pop(variable, None)
+os.environ.update(
+    VAR_DIR=str(RUNTIME_ROOT / "var"),
+    LOGS_DIR=str(RUNTIME_ROOT / "logs"),
+    DJANGO_SETTINGS_MODULE="app.core.django_settings",
+    APP_ENV_FILE="",  # a developer's .env must not point the tests at a real broker
+)
+
+import django  # noqa: E402
+
+django.setup()
+
+from tests.support.services import (  # noqa: E402
+    embedded_broker_for_session,
+    postgres_database,
+    redis_test_url,
+)
+
+
+@pytest.fixture(scope="session")
+def settings():
+    from app.core.config import get_settings
+
+    return get_settings()
+
+
+@pytest.fixture(scope="session")
+def embedded_broker(settings):
+    """The embedded Valkey of the in-process app, started once for the session."""
+    yield from embedded_broker_for_session(settings)
+
+
+@pytest.fixture(scope="session")
+def celery_app(embedded_broker):
+    from app.tasks.celery_app import app
+
+    app.loader.import_default_modules()
+    import tests.support.test_tasks  # noqa: F401  (registered before the worker starts)
+
+    yield app
+    gc.collect()  # pending AsyncResults unsubscribe now, while the broker still answers
+    app.close()
+
+
+@pytest.fixture(scope="session")
+def worker(celery_app):
+    """One real worker (a thread in this process) consuming all five queues of the embedded broker."""
+    from celery.contrib.testing.worker import start_worker
+
+    with start_worker(celery_app, pool="solo", perform_ping_check=False, shutdown_timeout=30) as running:
+        yield running
+
+
+@pytest.fixture(scope="session")
+def django_db(embedded_broker):
+    """Django on the in-process SQLite file, migrated."""
+    from app.scheduling.scheduler import migrate_database
+
+    migrate_database()
+
+
+@pytest.fixture(scope="session")
+def redis_url():
+    """A Redis database number of the tests' own on the machine's Redis; skips when none answers."""
+    return redis_test_url()
+
+
+@pytest.fixture(scope="session")
+def postgres_url():
+    """A PostgreSQL database of the tests' own, created fresh; skips when PostgreSQL does not answer."""
+    yield from postgres_database("celerybeat_test")
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def sa_engine(request, tmp_path):
+    """A real SQLAlchemy engine on SQLite and on PostgreSQL."""
+    from app.core.database import make_engine
+
+    if request.param == "sqlite":
+        engine = make_engine(f"sqlite:///{tmp_path / 'test.db'}")
+    else:
+        engine = make_engine(request.getfixturevalue("postgres_url").replace("postgresql://", "postgresql+psycopg2://", 1))
+    yield engine
+    engine.dispose()
