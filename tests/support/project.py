@@ -1,0 +1,123 @@
+"""A copy of the project in a scratch directory, run as a user runs it: its own var/ and logs/."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+
+ROOT = Path(__file__).resolve().parents[2]
+# Variables of the in-process test set-up that must not leak into the copy's processes.
+TEST_ONLY_VARIABLES = ("VAR_DIR", "LOGS_DIR", "APP_ENV_FILE", "CELERY_BROKER_URL", "CELERY_RESULT_BACKEND", "DATABASE_URL")
+
+PRIME_SCHEDULE = """
+import sys
+from datetime import timedelta
+from django.utils import timezone
+from app.tasks.celery_app import app
+from django_celery_beat.models import PeriodicTask
+from app.scheduling.scheduler import migrate_database
+from app.scheduling.sync import sync_schedule_table
+from app.tasks.beat_schedules import BEAT_SCHEDULE
+migrate_database()
+sync_schedule_table(BEAT_SCHEDULE)
+PeriodicTask.objects.filter(name=sys.argv[1]).update(last_run_at=timezone.now() - timedelta(hours=1))
+"""
+
+SCHEDULE_STATE = """
+import json
+from app.tasks.celery_app import app
+from django_celery_beat.models import PeriodicTask
+print(json.dumps({t.name: t.enabled for t in PeriodicTask.objects.all()}))
+"""
+
+
+class Project:
+    def __init__(self, directory: Path, extra_env: dict[str, str] | None = None):
+        self.root = directory / "project"
+        shutil.copytree(ROOT / "app", self.root / "app", ignore=shutil.ignore_patterns("__pycache__"))
+        shutil.copy2(ROOT / "celery_beat_manager.py", self.root)
+        self.env = {k: v for k, v in os.environ.items() if k not in TEST_ONLY_VARIABLES}
+        self.env.update(extra_env or {})
+        self.logs = self.root / "logs"
+        self.manager: subprocess.Popen | None = None
+
+    def python(self, code: str, *args: str) -> str:
+        result = subprocess.run([sys.executable, "-c", code, *args], cwd=self.root, env=self.env,
+                                capture_output=True, text=True, timeout=120)
+        if result.returncode != 0:
+            raise AssertionError(result.stderr)
+        return result.stdout
+
+    def make_due(self, job: str) -> None:
+        """Migrate, sync the table, and make `job` overdue, as if beat had been down for an hour."""
+        self.python(PRIME_SCHEDULE, job)
+
+    def schedule_state(self) -> dict[str, bool]:
+        return json.loads(self.python(SCHEDULE_STATE).strip().splitlines()[-1])
+
+    def edit_schedule(self, remove: str) -> None:
+        """Remove one entry from the copy's beat_schedules.py, as a user would in an editor."""
+        path = self.root / "app" / "tasks" / "beat_schedules.py"
+        text = path.read_text()
+        start = text.index(f'    "{remove}": {{')
+        end = text.index("    },\n", start) + len("    },\n")
+        path.write_text(text[:start] + text[end:])
+
+    def start_foreground(self, *args: str) -> subprocess.Popen:
+        out = (self.root / "manager.out").open("w")
+        self.manager = subprocess.Popen(
+            [sys.executable, "celery_beat_manager.py", "foreground", *args],
+            cwd=self.root, env=self.env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        return self.manager
+
+    def log_text(self, name: str) -> str:
+        path = self.logs / name
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def output(self) -> str:
+        return (self.root / "manager.out").read_text()
+
+    def interrupt(self, timeout: float = 60) -> int:
+        """Ctrl-C, as in a terminal; the manager's exit code."""
+        self.manager.send_signal(signal.SIGINT)
+        return self.manager.wait(timeout)
+
+    def processes(self) -> list[psutil.Process]:
+        """Processes still running from this copy (by working directory or command line)."""
+        found = []
+        for process in psutil.process_iter(["cmdline", "cwd"]):
+            info = process.info
+            if process.pid == os.getpid():
+                continue
+            if info["cwd"] == str(self.root) or any(str(self.root) in part for part in info["cmdline"] or []):
+                found.append(process)
+        return found
+
+    def task_results(self) -> list[dict]:
+        path = self.logs / "task_results.log"
+        return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+    def wait_for_result(self, task_name: str, timeout: float = 90) -> dict:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for line in self.task_results():
+                if line["name"] == task_name:
+                    return line
+            if self.manager and self.manager.poll() is not None:
+                raise AssertionError(f"manager exited early:\n{self.output()}")
+            time.sleep(0.2)
+        raise AssertionError(f"{task_name} never finished; manager output:\n{self.output()}")
+
+    def kill_all(self) -> None:
+        for process in self.processes():
+            try:
+                process.kill()
+            except psutil.Error:
+                pass

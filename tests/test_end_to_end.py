@@ -1,0 +1,59 @@
+"""The service as users run it: beat sends a due job, a worker runs it, the result is logged.
+
+Each test runs on the embedded default (Valkey + SQLite) and on the machine's Redis + PostgreSQL.
+"""
+
+import time
+
+import pytest
+
+from tests.support.project import Project
+from tests.support.services import postgres_database, redis_test_url
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(params=["embedded", "redis+postgresql"])
+def project(request, tmp_path):
+    extra_env = {}
+    if request.param != "embedded":
+        database = postgres_database("celerybeat_e2e")
+        extra_env = {"CELERY_BROKER_URL": redis_test_url(), "DATABASE_URL": next(database)}
+    project = Project(tmp_path, extra_env)
+    yield project
+    project.kill_all()
+    if request.param != "embedded":
+        database.close()
+
+
+def test_beat_sends_a_due_job_and_the_worker_runs_it(project):
+    project.make_due("system-health-check")
+    project.start_foreground("--service", "all")
+
+    line = project.wait_for_result("app.tasks.tracking_tasks.system_health_check")
+
+    assert line["state"] == "SUCCESS" and line["queue"] == "high_priority"
+    assert line["result"].startswith('{"status": ') and '"name": "database", "status": "ok"' in line["result"]
+    assert project.log_text("celerybeat.log").count("Scheduler: Sending due task system-health-check") == 1
+    assert "ready" in project.log_text("celery_worker.log")
+    assert project.interrupt() == 0
+    time.sleep(0.5)
+    assert project.processes() == [], "Ctrl-C stops beat, worker and the embedded broker"
+
+
+def test_job_removed_from_the_table_is_disabled_at_the_next_beat_start(project):
+    project.make_due("cleanup-temp-files")
+    assert project.schedule_state()["cleanup-temp-files"] is True
+
+    project.edit_schedule(remove="cleanup-temp-files")
+    project.start_foreground("--service", "beat")
+    deadline = time.monotonic() + 60
+    while "schedule table synced" not in project.log_text("celerybeat.log"):
+        assert time.monotonic() < deadline, project.output()
+        time.sleep(0.2)
+    project.interrupt()
+
+    state = project.schedule_state()
+    assert state["cleanup-temp-files"] is False
+    assert state["system-health-check"] is True
+    assert "Sending due task cleanup-temp-files" not in project.log_text("celerybeat.log")
