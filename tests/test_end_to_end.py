@@ -57,3 +57,18 @@ def test_job_removed_from_the_table_is_disabled_at_the_next_beat_start(project):
     assert state["cleanup-temp-files"] is False
     assert state["system-health-check"] is True
     assert "Sending due task cleanup-temp-files" not in project.log_text("celerybeat.log")
+
+
+def test_ctrl_c_stops_everything_even_when_started_with_sigint_ignored(tmp_path):
+    project = Project(tmp_path)
+    try:
+        project.start_foreground("--service", "all", sigint_ignored=True)
+        deadline = time.monotonic() + 60
+        while "ready" not in project.log_text("celery_worker.log"):
+            assert time.monotonic() < deadline, project.output()
+            time.sleep(0.2)
+        assert project.interrupt() == 0
+        time.sleep(0.5)
+        assert project.processes() == []
+    finally:
+        project.kill_all()

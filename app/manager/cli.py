@@ -36,6 +36,8 @@ def foreground(settings: Settings, args) -> int:
     broker = EmbeddedBroker(settings) if settings.uses_embedded_broker else None
     children, stop_tailing = {}, threading.Event()
     signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    # A shell starting us in the background ignores SIGINT for us; Ctrl-C must stop us anyway.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         if broker:
             broker.start()

@@ -69,11 +69,14 @@ class Project:
         end = text.index("    },\n", start) + len("    },\n")
         path.write_text(text[:start] + text[end:])
 
-    def start_foreground(self, *args: str) -> subprocess.Popen:
+    def start_foreground(self, *args: str, sigint_ignored: bool = False) -> subprocess.Popen:
+        """Run `foreground`; `sigint_ignored` starts it as a non-interactive shell's `cmd &` does."""
         out = (self.root / "manager.out").open("w")
+        ignore = (lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if sigint_ignored else None
         self.manager = subprocess.Popen(
             [sys.executable, "celery_beat_manager.py", "foreground", *args],
             cwd=self.root, env=self.env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+            preexec_fn=ignore,
         )
         return self.manager
 
