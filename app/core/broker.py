@@ -55,6 +55,7 @@ class EmbeddedBroker:
         self.data_dir = settings.var_path / "broker"
         self.logfile = settings.logs_path / "broker.log"
         self.url = f"redis+socket://{self.socket}"
+        self._process: subprocess.Popen | None = None
 
     def config_text(self) -> str:
         # noeviction: an evicted binding or queue key silently drops messages.
@@ -115,6 +116,7 @@ class EmbeddedBroker:
             if process.poll() is not None:
                 raise BrokerError(f"embedded broker exited with code {process.returncode}; see {self.logfile}")
             if self.ping():
+                self._process = process
                 return process
             time.sleep(0.05)
         process.kill()
@@ -132,4 +134,7 @@ class EmbeddedBroker:
             time.sleep(0.05)
         if self.pid() == pid:
             os.kill(pid, signal.SIGKILL)
+        if self._process is not None:  # started by this process: reap it
+            self._process.wait()
+            self._process = None
         self.pidfile.unlink(missing_ok=True)
