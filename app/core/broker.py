@@ -84,11 +84,13 @@ class EmbeddedBroker:
         except (OSError, ValueError):
             return None
         try:
-            name = psutil.Process(pid).name()
+            process = psutil.Process(pid)
+            title = " ".join(process.cmdline())
+            zombie = process.status() == psutil.STATUS_ZOMBIE
         except psutil.Error:
             return None
-        # A PID reused by an unrelated process must never be signalled as ours.
-        return pid if ("valkey" in name or "redis" in name) else None
+        # A PID reused by an unrelated process (or another copy's broker) is never taken for ours.
+        return pid if str(self.socket) in title and not zombie else None
 
     def ping(self) -> bool:
         try:
