@@ -21,9 +21,10 @@ class ScheduleTableScheduler(DatabaseScheduler):
 
     Stock DatabaseScheduler re-saves `beat_schedule` at every start (reverting admin edits) and
     never disables an entry removed from it; this syncs the table instead, before the first tick.
+    Celery's default `celery.backend_cleanup` entry is not installed: `cleanup-expired-results`
+    runs the backend's cleanup already.
     """
 
     def setup_schedule(self):
         migrate_database()
         sync_schedule_table(BEAT_SCHEDULE)
-        self.install_default_entries(self.schedule)
