@@ -25,6 +25,7 @@ import django  # noqa: E402
 
 django.setup()
 
+from tests.support.project import Project  # noqa: E402
 from tests.support.services import (  # noqa: E402
     embedded_broker_for_session,
     postgres_database,
@@ -97,3 +98,25 @@ def sa_engine(request, tmp_path):
         engine = make_engine(request.getfixturevalue("postgres_url").replace("postgresql://", "postgresql+psycopg2://", 1))
     yield engine
     engine.dispose()
+
+
+@pytest.fixture(params=["embedded", "redis+postgresql"])
+def project(request, tmp_path):
+    """A copy of the project run as users run it, on the embedded default and on Redis+PostgreSQL."""
+    extra_env = {}
+    if request.param != "embedded":
+        database = postgres_database("celerybeat_e2e")
+        extra_env = {"CELERY_BROKER_URL": redis_test_url(), "DATABASE_URL": next(database)}
+    copy = Project(tmp_path, extra_env)
+    yield copy
+    copy.kill_all()
+    if request.param != "embedded":
+        database.close()
+
+
+@pytest.fixture
+def embedded_project(tmp_path):
+    """A copy of the project on the embedded default only."""
+    copy = Project(tmp_path)
+    yield copy
+    copy.kill_all()

@@ -74,7 +74,7 @@ def test_bad_value_stops_the_manager_with_one_line_not_a_traceback(tmp_path):
         [sys.executable, "celery_beat_manager.py", "foreground"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=60,
     )
-    assert result.returncode == 2
+    assert result.returncode == 1
     assert "Traceback" not in result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "CELERY_BROKER_URL" in lines[0]

@@ -7,23 +7,7 @@ import time
 
 import pytest
 
-from tests.support.project import Project
-from tests.support.services import postgres_database, redis_test_url
-
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture(params=["embedded", "redis+postgresql"])
-def project(request, tmp_path):
-    extra_env = {}
-    if request.param != "embedded":
-        database = postgres_database("celerybeat_e2e")
-        extra_env = {"CELERY_BROKER_URL": redis_test_url(), "DATABASE_URL": next(database)}
-    project = Project(tmp_path, extra_env)
-    yield project
-    project.kill_all()
-    if request.param != "embedded":
-        database.close()
 
 
 def test_beat_sends_a_due_job_and_the_worker_runs_it(project):
@@ -59,16 +43,13 @@ def test_job_removed_from_the_table_is_disabled_at_the_next_beat_start(project):
     assert "Sending due task cleanup-temp-files" not in project.log_text("celerybeat.log")
 
 
-def test_ctrl_c_stops_everything_even_when_started_with_sigint_ignored(tmp_path):
-    project = Project(tmp_path)
-    try:
-        project.start_foreground("--service", "all", sigint_ignored=True)
-        deadline = time.monotonic() + 60
-        while "ready" not in project.log_text("celery_worker.log"):
-            assert time.monotonic() < deadline, project.output()
-            time.sleep(0.2)
-        assert project.interrupt() == 0
-        time.sleep(0.5)
-        assert project.processes() == []
-    finally:
-        project.kill_all()
+def test_ctrl_c_stops_everything_even_when_started_with_sigint_ignored(embedded_project):
+    project = embedded_project
+    project.start_foreground("--service", "all", sigint_ignored=True)
+    deadline = time.monotonic() + 60
+    while "ready" not in project.log_text("celery_worker.log"):
+        assert time.monotonic() < deadline, project.output()
+        time.sleep(0.2)
+    assert project.interrupt() == 0
+    time.sleep(0.5)
+    assert project.processes() == []

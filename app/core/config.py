@@ -58,6 +58,9 @@ class Settings(BaseSettings):
     load_warn_per_cpu: float = Field(2.0, gt=0)
     task_max_deliveries: int = Field(3, ge=1)
     worker_concurrency: int = Field(2, ge=1)
+    flower_address: str = "127.0.0.1"
+    flower_port: int = Field(5555, ge=1, le=65535)
+    flower_basic_auth: str | None = None
 
     @field_validator("celery_broker_url", "celery_result_backend")
     @classmethod

@@ -1,87 +1,498 @@
-"""celery_beat_manager.py: run the service's processes (the seed's 使用方法)."""
+"""celery_beat_manager.py: the seed's 使用方法 and 故障排除 as one command-line tool."""
 
 import argparse
+import json
+import os
 import signal
 import sys
 import threading
+import time
 
 from app.core.broker import BrokerError, EmbeddedBroker
-from app.core.config import ConfigError, Settings, load_settings
-from app.manager.processes import beat_process, spawn, terminate, wait_any, worker_process
-from app.manager.tail import follow_in_background
+from app.core.config import PROJECT_ROOT, ConfigError, Settings, load_settings
+from app.manager import inspect
+from app.manager.output import human_bytes, human_duration, paint, table
+from app.manager.processes import (
+    SERVICES,
+    ServiceError,
+    ServiceProcess,
+    clear_stale_pidfile,
+    log_size,
+    pid_state,
+    process_stats,
+    service_process,
+    spawn,
+    stop_service,
+    wait_ready,
+)
+from app.manager.tail import follow, follow_in_background
 
 LOGLEVELS = ["debug", "info", "warning", "error"]
-STOP_TIMEOUT = 30.0
+START_ORDER = ["worker", "beat", "flower"]
+STOP_ORDER = ["flower", "beat", "worker"]
+EXIT_OK, EXIT_ERROR, EXIT_STOPPED = 0, 1, 3
+RUN_TIMEOUT = 900.0
 
 
 class ManagerError(Exception):
     """An expected failure: reported as one line and a non-zero exit, never a traceback."""
 
 
-def _stop_on_sigterm(*_):
+def _interrupt(*_):
     raise KeyboardInterrupt
 
 
-def _services(settings: Settings, args) -> list:
-    chosen = {"beat": ["beat"], "worker": ["worker"], "all": ["worker", "beat"]}[args.service]
-    builders = {
-        "beat": lambda: beat_process(settings, args.loglevel),
-        "worker": lambda: worker_process(settings, args.loglevel, args.queues, args.concurrency),
-    }
-    return [builders[name]() for name in chosen]
+def _chosen(args) -> list[str]:
+    service = getattr(args, "service", "beat")
+    return list(START_ORDER) if service == "all" else [service]
 
 
-def foreground(settings: Settings, args) -> int:
-    """Run the chosen services (and the embedded broker) until Ctrl-C; stop them all on the way out."""
-    broker = EmbeddedBroker(settings) if settings.uses_embedded_broker else None
+def _process(settings: Settings, name: str, args) -> ServiceProcess:
+    return service_process(settings, name, getattr(args, "loglevel", None) or settings.log_level,
+                           getattr(args, "queues", None), getattr(args, "concurrency", None))
+
+
+def _broker(settings: Settings) -> EmbeddedBroker | None:
+    return EmbeddedBroker(settings) if settings.uses_embedded_broker else None
+
+
+def _tail_lines(path, count: int) -> list[str]:
+    try:
+        return path.read_text(errors="replace").splitlines()[-count:]
+    except FileNotFoundError:
+        return []
+
+
+def _anything_running(settings: Settings) -> bool:
+    return any(pid_state(service_process(settings, name)).running for name in SERVICES)
+
+
+# -- start / stop / restart -------------------------------------------------------------------
+
+
+def cmd_start(settings: Settings, args) -> int:
+    names = _chosen(args)
+    running = [name for name in names if clear_stale_pidfile(_process(settings, name, args)).running]
+    if running and len(running) == len(names):
+        pid = pid_state(_process(settings, running[0], args)).pid
+        raise ManagerError(f"{', '.join(running)} already running (pid {pid}); use 'restart' or 'stop' first")
+    broker = _broker(settings)
+    if broker and broker.pid() is None:
+        broker.start()
+        print(f"broker   started (embedded, {broker.url})")
+    for name in names:
+        if name in running:
+            print(f"{name:<8} already running")
+            continue
+        _start_detached(_process(settings, name, args))
+    return EXIT_OK
+
+
+def _start_detached(service: ServiceProcess) -> None:
+    offset = log_size(service)
+    child = spawn(service, detached=True)
+    try:
+        wait_ready(service, child, offset)
+    except ServiceError as error:
+        lines = _tail_lines(service.console, 10) + _tail_lines(service.logfile, 10)
+        detail = "\n".join(f"    {line}" for line in lines[-15:])
+        raise ManagerError(f"{error}; last lines of {service.logfile.name} / {service.console.name}:\n{detail}") from None
+    print(f"{service.name:<8} started (pid {child.pid}), log {service.logfile}")
+
+
+def cmd_stop(settings: Settings, args) -> int:
+    names = [name for name in STOP_ORDER if name in _chosen(args)]
+    for name in names:
+        service = _process(settings, name, args)
+        state = pid_state(service)
+
+        def waiting(elapsed, name=name):
+            if elapsed >= 5:
+                print(f"{name:<8} still finishing its work after {elapsed:.0f}s…", flush=True)
+
+        outcome = stop_service(service, args.timeout, waiting)
+        detail = f" (pid {state.pid})" if state.running else ""
+        print(f"{name:<8} {outcome}{detail}")
+    broker = _broker(settings)
+    if broker and broker.pid() and not _anything_running(settings):
+        broker.stop()
+        print("broker   stopped (embedded; nothing else was using it)")
+    return EXIT_OK
+
+
+def cmd_restart(settings: Settings, args) -> int:
+    cmd_stop(settings, args)
+    return cmd_start(settings, args)
+
+
+# -- foreground ------------------------------------------------------------------------------
+
+
+def cmd_foreground(settings: Settings, args) -> int:
+    """Run the chosen services in this terminal until Ctrl-C; stop them all on the way out."""
+    names = _chosen(args) if args.service != "all" else START_ORDER
+    services = [_process(settings, name, args) for name in names]
+    busy = [s.name for s in services if clear_stale_pidfile(s).running]
+    if busy:
+        raise ManagerError(f"{', '.join(busy)} already running in the background; 'stop' it first")
+    broker = _broker(settings)
+    started_broker = bool(broker) and broker.pid() is None
     children, stop_tailing = {}, threading.Event()
-    signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    signal.signal(signal.SIGTERM, _interrupt)
     # A shell starting us in the background ignores SIGINT for us; Ctrl-C must stop us anyway.
     signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
-        if broker:
+        if started_broker:
             broker.start()
             print(f"embedded broker ready at {broker.url}", flush=True)
-        processes = _services(settings, args)
-        follow_in_background({p.name: p.logfile for p in processes}, stop_tailing)
-        for process in processes:
-            children[process.name] = spawn(process)
-            print(f"started {process.name} (pid {children[process.name].pid}), log {process.logfile}", flush=True)
-        exited = wait_any(children)
+        follow_in_background({s.name: s.logfile for s in services}, stop_tailing)
+        for service in services:
+            children[service.name] = spawn(service, detached=False)
+            print(f"started {service.name} (pid {children[service.name].pid}), log {service.logfile}", flush=True)
+        exited = _wait_any(children)
         code = children[exited].returncode
         print(f"{exited} exited with code {code}; stopping the rest", file=sys.stderr, flush=True)
-        return code or 1
+        return code or EXIT_ERROR
     except KeyboardInterrupt:
         print("stopping…", flush=True)
-        return 0
+        return EXIT_OK
     finally:
-        # Beat first (no new work is sent), then the worker finishes what it holds, broker last.
-        for name in ("beat", "worker"):
-            if name in children:
-                terminate(children[name], args.timeout)
+        for service in sorted(services, key=lambda s: STOP_ORDER.index(s.name)):
+            if service.name in children:
+                stop_service(service, args.timeout)
+                children[service.name].wait()
         stop_tailing.set()
-        if broker:
+        if started_broker:
             broker.stop()
+
+
+def _wait_any(children: dict) -> str:
+    while True:
+        for name, child in children.items():
+            if child.poll() is not None:
+                return name
+        time.sleep(0.2)
+
+
+# -- status / check --------------------------------------------------------------------------
+
+
+def _service_rows(settings: Settings, names: list[str]) -> tuple[list[list[str]], dict[str, bool]]:
+    rows, running = [], {}
+    broker = _broker(settings)
+    if broker:
+        rows.append(_stats_row("broker", broker.pid(), "embedded"))
+    for name in names:
+        state = clear_stale_pidfile(service_process(settings, name))
+        running[name] = state.running
+        rows.append(_stats_row(name, state.pid if state.running else None, ""))
+    return rows, running
+
+
+def _stats_row(name: str, pid: int | None, note: str) -> list[str]:
+    stats = process_stats(pid) if pid else None
+    if stats is None:
+        return [name, paint("stopped", "yellow"), "-", "-", "-", "-", note]
+    return [name, paint("running", "green"), str(stats.pid), human_duration(stats.uptime_seconds),
+            f"{stats.cpu_percent:.1f}%", human_bytes(stats.memory_bytes), note]
+
+
+def cmd_status(settings: Settings, args) -> int:
+    names = SERVICES if args.service == "all" else (args.service,)
+    rows, running = _service_rows(settings, list(names))
+    print(table(["service", "state", "pid", "uptime", "cpu", "memory", ""], rows))
+    print()
+    broker_probe = inspect.probe_broker(settings)
+    database_probe = inspect.probe_database(settings)
+    facts = [
+        ["broker", _ok(broker_probe.ok, "reachable", "unreachable"), broker_probe.detail],
+        ["database", _ok(database_probe.ok, "reachable", "unreachable"), database_probe.detail],
+    ]
+    if broker_probe.ok:
+        workers = inspect.worker_queues()
+        facts.append(["workers", str(len(workers)), "; ".join(f"{w}: {', '.join(q)}" for w, q in workers.items()) or "none answered a ping"])
+        depths = inspect.queue_depths(settings)
+        facts.append(["queued", str(sum(depths.values())), "  ".join(f"{q} {n}" for q, n in depths.items())])
+    if database_probe.ok:
+        facts.append(["next due", *_next_due()])
+    if running.get("flower"):
+        user = settings.flower_basic_auth.split(":")[0] if settings.flower_basic_auth else "admin"
+        facts.append(["flower", f"http://{settings.flower_address}:{settings.flower_port}",
+                      f"user {user}; password in FLOWER_BASIC_AUTH or {settings.var_path / 'flower_credentials'}"])
+    print(table(["", "", ""], facts).split("\n", 1)[1])
+    return EXIT_OK if all(running.values()) else EXIT_STOPPED
+
+
+def _ok(ok: bool, good: str, bad: str) -> str:
+    return paint(good, "green") if ok else paint(bad, "red")
+
+
+def _next_due() -> list[str]:
+    _setup_django()
+    from app.scheduling.overview import next_due
+    from app.tasks.beat_schedules import BEAT_SCHEDULE
+
+    try:
+        row = next_due(BEAT_SCHEDULE)
+    except Exception as error:  # noqa: BLE001 - a fresh database has no tables until beat starts
+        return ["-", f"schedule not readable yet ({type(error).__name__}); beat creates it at start"]
+    return [row.name, f"at {row.next_run} (Asia/Shanghai)"] if row else ["-", "no enabled job"]
+
+
+def _setup_django() -> None:
+    import app.tasks.celery_app  # noqa: F401  (configures Django)
+
+
+def cmd_check(settings: Settings, args) -> int:
+    """The seed's troubleshooting steps, one line each; exit 1 when any fails."""
+    results = list(_checks(settings))
+    for ok, name, detail in results:
+        mark = paint("ok  ", "green") if ok else paint("FAIL", "red")
+        print(f"{mark}  {name:<11} {detail}")
+    return EXIT_OK if all(ok for ok, _, _ in results) else EXIT_ERROR
+
+
+def _checks(settings: Settings):
+    for name in SERVICES:
+        state = clear_stale_pidfile(service_process(settings, name))
+        note = {"none": "not running (no PID file)", "running": f"running (pid {state.pid})",
+                "stale": f"stale PID file (pid {state.pid}) removed", "unreadable": "unreadable PID file removed"}
+        yield True, f"{name} pid", note[state.state]
+    broker = inspect.probe_broker(settings)
+    yield broker.ok, "broker", ("PONG from " if broker.ok else "") + broker.detail
+    database = inspect.probe_database(settings)
+    yield database.ok, "database", ("SELECT 1 ok on " if database.ok else "") + database.detail
+    if database.ok:
+        _setup_django()
+        pending = inspect.pending_migrations()
+        yield not pending, "migrations", ("all applied" if not pending else
+                                          f"{len(pending)} not applied ({', '.join(pending[:3])}…); beat applies them at start")
+    yield from _schedule_checks()
+    if broker.ok:
+        yield from _worker_checks()
+
+
+def _schedule_checks():
+    from app.tasks.beat_schedules import BEAT_SCHEDULE
+
+    _setup_django()
+    from app.scheduling.sync import ScheduleEntryError, validate_entry
+
+    errors = []
+    for name, entry in BEAT_SCHEDULE.items():
+        try:
+            validate_entry(name, entry)
+        except ScheduleEntryError as error:
+            errors.append(str(error))
+    yield not errors, "schedule", "; ".join(errors) or f"{len(BEAT_SCHEDULE)} entries valid"
+
+
+def _worker_checks():
+    from app.tasks.beat_schedules import BEAT_SCHEDULE
+    from app.tasks.queues import Queue
+
+    consumers = inspect.worker_queues()
+    if not consumers:
+        yield False, "workers", "no worker answered a ping: start one with 'start --service worker'"
+        return
+    registered = set.union(*inspect.worker_tasks().values()) if consumers else set()
+    missing = sorted({entry["task"] for entry in BEAT_SCHEDULE.values()} - registered)
+    yield not missing, "tasks", (f"not registered with any worker: {', '.join(missing)}" if missing
+                                 else f"every scheduled task registered ({len(consumers)} worker(s))")
+    consumed = {queue for queues in consumers.values() for queue in queues}
+    idle = [q.value for q in Queue if q.value not in consumed]
+    yield not idle, "queues", (f"consumed by no worker: {', '.join(idle)}" if idle else "every queue has a consumer")
+
+
+# -- logs / list / clear / run ---------------------------------------------------------------
+
+
+def cmd_logs(settings: Settings, args) -> int:
+    name = "beat" if args.service == "all" else args.service
+    path = service_process(settings, name).logfile
+    if not path.exists() and not args.follow:
+        raise ManagerError(f"no log yet at {path}")
+    for line in _tail_lines(path, args.lines):
+        print(line)
+    if args.follow:
+        stop = threading.Event()
+        try:
+            follow(path, "", stop)
+        except KeyboardInterrupt:
+            stop.set()
+    return EXIT_OK
+
+
+def cmd_list(settings: Settings, args) -> int:
+    from app.tasks.beat_schedules import BEAT_SCHEDULE
+
+    _setup_django()
+    from app.scheduling.overview import job_rows
+    from app.scheduling.scheduler import migrate_database
+
+    migrate_database()
+    rows = job_rows(BEAT_SCHEDULE)
+    if args.json:
+        print(json.dumps([row.as_dict() for row in rows], ensure_ascii=False, indent=2))
+        return EXIT_OK
+    if not rows:
+        print("no periodic jobs yet: beat writes beat_schedules.py into the database at start")
+        return EXIT_OK
+    print(table(
+        ["name", "task", "schedule", "cron/interval", "queue", "enabled", "last run", "next run", "source", "drift"],
+        [[r.name, r.task.removeprefix("app.tasks."), r.schedule, r.expression, r.queue or "-",
+          "yes" if r.enabled else paint("no", "yellow"), r.last_run or "-", r.next_run or "-", r.source,
+          paint(",".join(r.drift), "yellow") if r.drift else "-"] for r in rows]))
+    print("\ntimes are Asia/Shanghai; drift = a beat_schedules.py job edited in the database")
+    return EXIT_OK
+
+
+def cmd_clear(settings: Settings, args) -> int:
+    if pid_state(service_process(settings, "beat")).running:
+        raise ManagerError("beat is running: stop it first ('stop'), then clear")
+    scope = "every periodic job, admin-created ones included," if args.all else "the jobs of beat_schedules.py"
+    if not args.yes and not _confirm(f"Reset {scope} from beat_schedules.py (run history is lost)?"):
+        print("nothing changed")
+        return EXIT_ERROR
+    removed = _remove_schedule_files(settings)
+    from app.tasks.beat_schedules import BEAT_SCHEDULE
+
+    _setup_django()
+    from app.scheduling.scheduler import migrate_database
+    from app.scheduling.sync import reset_schedule
+
+    migrate_database()
+    deleted, report = reset_schedule(BEAT_SCHEDULE, everything=args.all)
+    print(f"removed {removed} schedule/PID file(s); deleted {deleted} job row(s); "
+          f"recreated {len(report.created)} job(s) from beat_schedules.py")
+    return EXIT_OK
+
+
+def _confirm(question: str) -> bool:
+    if not sys.stdin.isatty():
+        raise ManagerError("refusing to ask for confirmation without a terminal: pass --yes")
+    return input(f"{question} [y/N] ").strip().lower() in ("y", "yes")
+
+
+def _remove_schedule_files(settings: Settings) -> int:
+    """Stock beat's schedule files (celerybeat-schedule*) and PID files that point at nothing."""
+    removed = 0
+    for folder in {PROJECT_ROOT, settings.app_home, settings.var_path, settings.run_path}:
+        for path in folder.glob("celerybeat-schedule*"):
+            path.unlink()
+            removed += 1
+    for name in SERVICES:
+        removed += clear_stale_pidfile(service_process(settings, name)).state in ("stale", "unreadable")
+    return removed
+
+
+def cmd_run(settings: Settings, args) -> int:
+    from app.tasks.beat_schedules import BEAT_SCHEDULE
+
+    if args.job not in BEAT_SCHEDULE:
+        raise ManagerError(f"no job {args.job!r} in beat_schedules.py; 'list' shows them")
+    entry = BEAT_SCHEDULE[args.job]
+    from app.tasks.celery_app import app
+
+    queue = entry["options"]["queue"]
+    broker = inspect.probe_broker(settings)
+    if not broker.ok:
+        raise ManagerError(f"broker not reachable ({broker.detail}); start the service first")
+    if not args.no_wait and not any(queue in queues for queues in inspect.worker_queues().values()):
+        raise ManagerError(f"no running worker consumes queue {queue}: start one, or pass --no-wait to queue the job")
+    result = app.send_task(entry["task"], args=entry.get("args", []), kwargs=entry.get("kwargs", {}), queue=queue)
+    if args.no_wait:
+        print(result.id)
+        return EXIT_OK
+    print(f"sent {args.job} ({entry['task']}) to {queue} as {result.id}; waiting…", file=sys.stderr, flush=True)
+    value = result.get(timeout=args.timeout, propagate=False)
+    if result.failed():
+        print(f"{args.job} failed: {type(value).__name__}: {value}", file=sys.stderr)
+        return EXIT_ERROR
+    print(json.dumps(value, ensure_ascii=False, indent=2, default=str))
+    return EXIT_OK
+
+
+# -- parser ----------------------------------------------------------------------------------
+
+
+def _add_service(parser, default="beat", choices=("beat", "worker", "flower", "all")):
+    parser.add_argument("--service", choices=choices, default=default,
+                        help=f"which service (default: {default}); all = broker + worker + beat + flower")
+
+
+def _add_loglevel(parser):
+    parser.add_argument("--loglevel", type=str.lower, choices=LOGLEVELS, default=None,
+                        help="log level (default: LOG_LEVEL, else info)")
+    parser.add_argument("--queues", type=lambda v: [q for q in v.split(",") if q], default=None,
+                        help="worker queues, comma separated (default: all five)")
+    parser.add_argument("--concurrency", type=int, default=None,
+                        help="worker processes (default: WORKER_CONCURRENCY)")
+
+
+def _add_timeout(parser):
+    parser.add_argument("--timeout", type=float, default=None,
+                        help="seconds to wait for a graceful stop before killing "
+                             "(default: beat 30, flower 10, worker 660 = hard time limit + 60)")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="celery_beat_manager.py",
-        description="Celery Beat 管理脚本 / manage the scheduled-jobs service (beat, worker, embedded broker).",
+        description="Celery Beat 管理脚本: start, stop and inspect the scheduled-jobs service.",
+        epilog="Exit codes: 0 ok, 1 error, 3 (status) service stopped. Run COMMAND --help for details.",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    run = commands.add_parser("foreground", help="前台运行 / run in this terminal until Ctrl-C",
-                              description="Run the chosen services in this terminal; Ctrl-C stops everything.")
-    run.add_argument("--service", choices=["beat", "worker", "all"], default="beat",
-                     help="what to run: beat (default), worker, or all = broker + beat + worker")
-    run.add_argument("--loglevel", type=str.lower, choices=LOGLEVELS, default=None,
-                     help="log level (default: LOG_LEVEL, else info)")
-    run.add_argument("--queues", type=lambda v: [q for q in v.split(",") if q], default=None,
-                     help="worker queues, comma separated (default: all five)")
-    run.add_argument("--concurrency", type=int, default=None, help="worker processes (default: WORKER_CONCURRENCY)")
-    run.add_argument("--timeout", type=float, default=STOP_TIMEOUT,
-                     help=f"seconds to wait for a graceful stop before killing (default {STOP_TIMEOUT:.0f})")
-    run.set_defaults(handler=foreground)
+
+    def command(name, handler, summary, description=None):
+        sub = commands.add_parser(name, help=summary, description=description or summary)
+        sub.set_defaults(handler=handler)
+        return sub
+
+    start = command("start", cmd_start, "后台运行 / start in the background and wait until up",
+                    "Start the service detached (with the embedded broker when CELERY_BROKER_URL is unset); "
+                    "returns once it is up, or exits 1 with its last log lines.")
+    _add_service(start)
+    _add_loglevel(start)
+
+    foreground = command("foreground", cmd_foreground, "前台运行 / run in this terminal until Ctrl-C")
+    _add_service(foreground)
+    _add_loglevel(foreground)
+    _add_timeout(foreground)
+
+    stop = command("stop", cmd_stop, "停止服务 / stop gracefully (SIGTERM, wait, then SIGKILL)")
+    _add_service(stop)
+    _add_timeout(stop)
+
+    restart = command("restart", cmd_restart, "重启服务 / stop, then start")
+    _add_service(restart)
+    _add_loglevel(restart)
+    _add_timeout(restart)
+
+    status = command("status", cmd_status, "查看状态 / processes, broker, database, workers, queues, next job",
+                     "Exit 0 when the service runs, 3 when it is stopped, 1 on error.")
+    _add_service(status)
+
+    logs = command("logs", cmd_logs, "查看日志 / show a service's log")
+    _add_service(logs, choices=("beat", "worker", "flower"))
+    logs.add_argument("--lines", "-n", type=int, default=50, help="how many last lines (default 50)")
+    logs.add_argument("--follow", "-f", action="store_true", help="keep printing new lines until Ctrl-C")
+
+    listing = command("list", cmd_list, "列出所有定时任务 / every periodic job with its next run")
+    listing.add_argument("--json", action="store_true", help="machine-readable output")
+
+    clear = command("clear", cmd_clear, "清除调度文件 / reset the schedule from beat_schedules.py",
+                    "Remove schedule files and stale PID files and reset the database schedule from "
+                    "beat_schedules.py. Jobs created in the admin survive unless --all.")
+    clear.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
+    clear.add_argument("--all", action="store_true", help="also delete jobs created in the admin")
+
+    run = command("run", cmd_run, "立即执行 / send one job of the table now and print its result")
+    run.add_argument("job", help="the job's name in beat_schedules.py, e.g. cleanup-temp-files")
+    run.add_argument("--no-wait", action="store_true", help="print the task id instead of waiting")
+    run.add_argument("--timeout", type=float, default=RUN_TIMEOUT, help=f"seconds to wait (default {RUN_TIMEOUT:.0f})")
+
+    command("check", cmd_check, "故障排除 / run the troubleshooting checks, one line each")
     return parser
 
 
@@ -89,8 +500,19 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         settings = load_settings()
-        args.loglevel = args.loglevel or settings.log_level
         return args.handler(settings, args)
-    except (ConfigError, BrokerError, ManagerError) as error:
+    except (ConfigError, BrokerError, ManagerError, ServiceError) as error:
         print(f"error: {error}", file=sys.stderr)
-        return 2
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        return EXIT_ERROR
+    except BrokenPipeError:  # `status | head`: the reader has gone, and that is fine
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - keeps the interpreter's final flush quiet
+        return EXIT_OK
+    except Exception as error:  # noqa: BLE001 - an operator gets one line; CBM_DEBUG=1 shows the rest
+        if os.environ.get("CBM_DEBUG"):
+            raise
+        print(f"error: unexpected {type(error).__name__}: {error} (CBM_DEBUG=1 shows the traceback)",
+              file=sys.stderr)
+        return EXIT_ERROR
+

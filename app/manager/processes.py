@@ -1,18 +1,32 @@
-"""The process model: what each service runs and where it logs. No printing here."""
+"""The process model: what each service runs, its PID file and log, start/stop/status. No printing."""
 
 import os
+import secrets
 import signal
+import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from app.core.config import Settings
+import psutil
+
+from app.core.config import PROJECT_ROOT, Settings
 from app.tasks.queues import Queue
 
 CELERY_APP = "app.tasks.celery_app"
-LOGFILES = {"beat": "celerybeat.log", "worker": "celery_worker.log"}
+SERVICES = ("worker", "beat", "flower")
+READY_TIMEOUT = 90.0
+BEAT_STOP_TIMEOUT = 30.0
+FLOWER_STOP_TIMEOUT = 10.0
+# A warm worker shutdown waits for the tasks in hand, which may run up to the hard time limit.
+WORKER_STOP_TIMEOUT = 660.0
+
+
+class ServiceError(Exception):
+    """A service could not be started or stopped; the message says why in one line."""
 
 
 @dataclass(frozen=True)
@@ -21,51 +35,226 @@ class ServiceProcess:
     argv: list[str]
     pidfile: Path
     logfile: Path
+    console: Path  # stdout/stderr of a detached process: banners, and errors before logging starts
+    is_ready: Callable[[str], bool]  # given the log text written since start
+    stop_timeout: float
 
 
-def beat_process(settings: Settings, loglevel: str) -> ServiceProcess:
-    pidfile = settings.run_path / "celerybeat.pid"
-    logfile = settings.logs_path / LOGFILES["beat"]
-    argv = [sys.executable, "-m", "celery", "-A", CELERY_APP, "beat",
-            "--loglevel", loglevel, "--logfile", str(logfile), "--pidfile", str(pidfile)]
-    return ServiceProcess("beat", argv, pidfile, logfile)
+@dataclass(frozen=True)
+class PidState:
+    """What a PID file says: 'none', 'unreadable', 'stale' (dead or someone else's PID) or 'running'."""
+
+    state: str
+    pid: int | None = None
+
+    @property
+    def running(self) -> bool:
+        return self.state == "running"
 
 
-def worker_process(settings: Settings, loglevel: str, queues: list[str] | None = None,
-                   concurrency: int | None = None) -> ServiceProcess:
-    pidfile = settings.run_path / "celery_worker.pid"
-    logfile = settings.logs_path / LOGFILES["worker"]
-    argv = [sys.executable, "-m", "celery", "-A", CELERY_APP, "worker",
-            "--queues", ",".join(queues or [q.value for q in Queue]),
-            "--hostname", "worker@%h", "--loglevel", loglevel,
-            "--logfile", str(logfile), "--pidfile", str(pidfile)]
-    if concurrency:
-        argv += ["--concurrency", str(concurrency)]
-    return ServiceProcess("worker", argv, pidfile, logfile)
+def _celery(*args: str) -> list[str]:
+    return [sys.executable, "-m", "celery", "-A", CELERY_APP, *args]
 
 
-def spawn(process: ServiceProcess) -> subprocess.Popen:
-    """Start a service in its own session, so a terminal's Ctrl-C reaches only the manager."""
-    for path in (process.pidfile.parent, process.logfile.parent):
-        path.mkdir(parents=True, exist_ok=True)
-    return subprocess.Popen(process.argv, stdin=subprocess.DEVNULL, start_new_session=True, env=os.environ.copy())
+def _log_says(marker: str) -> Callable[[str], bool]:
+    return lambda text: marker in text
 
 
-def terminate(child: subprocess.Popen, timeout: float) -> int:
-    """SIGTERM (Celery's warm shutdown), wait up to `timeout`, then SIGKILL; the exit code."""
-    if child.poll() is None:
-        child.send_signal(signal.SIGTERM)
+def _port_open(port: int) -> Callable[[str], bool]:
+    def check(_text: str) -> bool:
         try:
-            return child.wait(timeout)
-        except subprocess.TimeoutExpired:
-            child.kill()
-    return child.wait()
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return True
+        except OSError:
+            return False
+    return check
 
 
-def wait_any(children: dict[str, subprocess.Popen], interval: float = 0.2) -> str:
-    """Block until one child exits; its name."""
-    while True:
-        for name, child in children.items():
-            if child.poll() is not None:
-                return name
-        time.sleep(interval)
+def flower_credentials(settings: Settings) -> str:
+    """FLOWER_BASIC_AUTH, else credentials generated once and kept 0600 under var/."""
+    if settings.flower_basic_auth:
+        return settings.flower_basic_auth
+    path = settings.var_path / "flower_credentials"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.touch(mode=0o600)
+        path.write_text(f"admin:{secrets.token_urlsafe(18)}\n")
+    return path.read_text().strip()
+
+
+def service_process(settings: Settings, name: str, loglevel: str = "info",
+                    queues: list[str] | None = None, concurrency: int | None = None) -> ServiceProcess:
+    """The process definition of `name` ('beat', 'worker' or 'flower')."""
+    run, logs = settings.run_path, settings.logs_path
+    if name == "beat":
+        logfile = logs / "celerybeat.log"
+        return ServiceProcess(
+            "beat", _celery("beat", "--loglevel", loglevel, "--logfile", str(logfile)),
+            run / "celerybeat.pid", logfile, run / "beat.console", _log_says("schedule table synced"),
+            BEAT_STOP_TIMEOUT)
+    if name == "worker":
+        logfile = logs / "celery_worker.log"
+        argv = _celery("worker", "--queues", ",".join(queues or [q.value for q in Queue]),
+                       "--hostname", "worker@%h", "--loglevel", loglevel, "--logfile", str(logfile))
+        if concurrency:
+            argv += ["--concurrency", str(concurrency)]
+        return ServiceProcess("worker", argv, run / "celery_worker.pid", logfile, run / "worker.console",
+                              _log_says(" ready."), WORKER_STOP_TIMEOUT)
+    if name == "flower":
+        logfile = logs / "flower.log"
+        argv = _celery("flower", f"--address={settings.flower_address}", f"--port={settings.flower_port}",
+                       f"--basic-auth={flower_credentials(settings)}", f"--logging={loglevel}",
+                       f"--log-file-prefix={logfile}")
+        return ServiceProcess("flower", argv, run / "flower.pid", logfile, run / "flower.console",
+                              _port_open(settings.flower_port), FLOWER_STOP_TIMEOUT)
+    raise ValueError(f"unknown service {name!r}")
+
+
+def _is_ours(process: psutil.Process, service: ServiceProcess) -> bool:
+    """True when `process` runs `service` (a PID reused by anything else is not ours)."""
+    try:
+        cmdline = process.cmdline()
+        cwd = process.cwd()
+    except psutil.Error:
+        return False
+    return CELERY_APP in cmdline and service.name in cmdline and cwd == str(PROJECT_ROOT)
+
+
+def pid_state(service: ServiceProcess) -> PidState:
+    try:
+        text = service.pidfile.read_text().strip()
+    except FileNotFoundError:
+        return PidState("none")
+    except OSError:
+        return PidState("unreadable")
+    try:
+        pid = int(text)
+    except ValueError:
+        return PidState("unreadable")
+    try:
+        process = psutil.Process(pid)
+    except psutil.Error:
+        return PidState("stale", pid)
+    if process.status() == psutil.STATUS_ZOMBIE or not _is_ours(process, service):
+        return PidState("stale", pid)
+    return PidState("running", pid)
+
+
+def clear_stale_pidfile(service: ServiceProcess) -> PidState:
+    """Remove a PID file that points at no process of ours; the state found."""
+    state = pid_state(service)
+    if state.state in ("stale", "unreadable"):
+        service.pidfile.unlink(missing_ok=True)
+    return state
+
+
+def spawn(service: ServiceProcess, detached: bool) -> subprocess.Popen:
+    """Start `service` in its own session and write its PID file.
+
+    Detached, its stdout/stderr go to its console file; attached, to this terminal.
+    """
+    for path in (service.pidfile.parent, service.logfile.parent):
+        path.mkdir(parents=True, exist_ok=True)
+    output = service.console.open("w") if detached else None
+    try:
+        child = subprocess.Popen(service.argv, stdin=subprocess.DEVNULL, stdout=output, stderr=output,
+                                 start_new_session=True, env=os.environ.copy(), cwd=PROJECT_ROOT)
+    finally:
+        if output:
+            output.close()
+    service.pidfile.write_text(f"{child.pid}\n")
+    return child
+
+
+def log_size(service: ServiceProcess) -> int:
+    try:
+        return service.logfile.stat().st_size
+    except FileNotFoundError:
+        return 0
+
+
+def log_since(service: ServiceProcess, offset: int) -> str:
+    try:
+        with service.logfile.open("rb") as handle:
+            handle.seek(offset)
+            return handle.read().decode("utf-8", "replace")
+    except FileNotFoundError:
+        return ""
+
+
+def wait_ready(service: ServiceProcess, child: subprocess.Popen, log_offset: int,
+               timeout: float = READY_TIMEOUT) -> None:
+    """Block until `service` says it is ready; ServiceError if it exits or takes too long."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if child.poll() is not None:
+            service.pidfile.unlink(missing_ok=True)
+            raise ServiceError(f"{service.name} exited with code {child.returncode} while starting")
+        if service.is_ready(log_since(service, log_offset)):
+            return
+        time.sleep(0.2)
+    terminate_pid(child.pid, 10)
+    service.pidfile.unlink(missing_ok=True)
+    raise ServiceError(f"{service.name} was not ready within {timeout:.0f}s")
+
+
+def terminate_pid(pid: int, timeout: float, on_wait: Callable[[float], None] | None = None) -> bool:
+    """SIGTERM, wait up to `timeout` (calling on_wait(elapsed) now and then), then SIGKILL.
+
+    True when the process ended by itself, False when it had to be killed.
+    """
+    try:
+        process = psutil.Process(pid)
+        process.send_signal(signal.SIGTERM)
+    except psutil.NoSuchProcess:
+        return True
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        try:
+            process.wait(timeout=min(2.0, timeout))
+            return True
+        except psutil.TimeoutExpired:
+            if on_wait:
+                on_wait(time.monotonic() - started)
+        except psutil.NoSuchProcess:
+            return True
+    try:
+        process.kill()
+        process.wait(timeout=10)
+    except psutil.NoSuchProcess:
+        pass
+    return False
+
+
+def stop_service(service: ServiceProcess, timeout: float | None = None,
+                 on_wait: Callable[[float], None] | None = None) -> str:
+    """Stop `service` gracefully and remove its PID file; 'stopped', 'killed' or 'not running'."""
+    state = pid_state(service)
+    if not state.running:
+        service.pidfile.unlink(missing_ok=True)
+        return "not running"
+    graceful = terminate_pid(state.pid, service.stop_timeout if timeout is None else timeout, on_wait)
+    service.pidfile.unlink(missing_ok=True)
+    return "stopped" if graceful else "killed"
+
+
+@dataclass(frozen=True)
+class ProcessStats:
+    pid: int
+    uptime_seconds: float
+    cpu_percent: float
+    memory_bytes: int
+
+
+def process_stats(pid: int) -> ProcessStats | None:
+    """Uptime, CPU and resident memory of `pid` and its children (a worker's pool, say)."""
+    try:
+        process = psutil.Process(pid)
+        family = [process, *process.children(recursive=True)]
+        cpu = sum(p.cpu_percent(interval=None) for p in family)
+        time.sleep(0.1)
+        cpu = sum(p.cpu_percent(interval=None) for p in family)
+        memory = sum(p.memory_info().rss for p in family)
+        return ProcessStats(pid, time.time() - process.create_time(), cpu, memory)
+    except psutil.Error:
+        return None

@@ -83,6 +83,46 @@ def entry_fingerprint(entry: dict) -> str:
     return hashlib.sha256(json.dumps(canonical, sort_keys=True).encode()).hexdigest()
 
 
+def desired_state(entry: dict) -> dict:
+    """The comparable fields an entry asks for, without touching the database."""
+    options = entry.get("options", {})
+    return {
+        "task": entry["task"],
+        "schedule": _schedule_spec(entry["schedule"]),
+        "args": entry.get("args", []),
+        "kwargs": entry.get("kwargs", {}),
+        "queue": options.get("queue"),
+        "expire_seconds": options.get("expire_seconds"),
+        "enabled": True,
+    }
+
+
+def stored_state(task: PeriodicTask) -> dict:
+    """The same fields as `desired_state`, read from a periodic task row."""
+    if task.crontab is not None:
+        schedule = {"crontab": {f: getattr(task.crontab, f) for f in
+                                ("minute", "hour", "day_of_week", "day_of_month", "month_of_year")}}
+    elif task.interval is not None:
+        schedule = {"interval": float(timedelta(**{task.interval.period: task.interval.every}).total_seconds())}
+    else:
+        schedule = {"other": str(task.solar or task.clocked)}
+    return {
+        "task": task.task,
+        "schedule": schedule,
+        "args": json.loads(task.args or "[]"),
+        "kwargs": json.loads(task.kwargs or "{}"),
+        "queue": task.queue,
+        "expire_seconds": task.expire_seconds,
+        "enabled": task.enabled,
+    }
+
+
+def drift(task: PeriodicTask, entry: dict) -> list[str]:
+    """The fields of a code-defined job that the database holds differently from the file."""
+    desired, stored = desired_state(entry), stored_state(task)
+    return [field for field in desired if desired[field] != stored[field]]
+
+
 def _schedule_model_fields(entry_schedule) -> dict:
     fields = {"crontab": None, "interval": None, "solar": None, "clocked": None}
     spec = _schedule_spec(entry_schedule)
@@ -147,3 +187,21 @@ def sync_schedule_table(table: dict[str, dict]) -> SyncReport:
         ", ".join(report.disabled) or "none",
     )
     return report
+
+
+def reset_schedule(table: dict[str, dict], everything: bool = False) -> tuple[int, SyncReport]:
+    """Delete the code-defined jobs (every job with `everything`) and recreate them from `table`.
+
+    Run history (last run, run count) of the deleted rows is lost; admin-created jobs survive
+    unless `everything`.
+    """
+    with transaction.atomic():
+        rows = PeriodicTask.objects.all()
+        if not everything:
+            code_defined = set(CodeDefinedJob.objects.values_list("name", flat=True)) | set(table)
+            rows = rows.filter(name__in=code_defined)
+        deleted = rows.count()
+        rows.delete()
+        CodeDefinedJob.objects.all().delete()
+        PeriodicTasks.update_changed()
+        return deleted, sync_schedule_table(table)

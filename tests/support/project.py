@@ -4,6 +4,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -37,15 +38,22 @@ print(json.dumps({t.name: t.enabled for t in PeriodicTask.objects.all()}))
 """
 
 
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 class Project:
     def __init__(self, directory: Path, extra_env: dict[str, str] | None = None):
         self.root = directory / "project"
         shutil.copytree(ROOT / "app", self.root / "app", ignore=shutil.ignore_patterns("__pycache__"))
         shutil.copy2(ROOT / "celery_beat_manager.py", self.root)
         self.env = {k: v for k, v in os.environ.items() if k not in TEST_ONLY_VARIABLES}
+        self.env["FLOWER_PORT"] = str(free_port())  # never collide with a Flower already on 5555
         self.env.update(extra_env or {})
         self.logs = self.root / "logs"
-        self.manager: subprocess.Popen | None = None
+        self.foreground: subprocess.Popen | None = None
 
     def python(self, code: str, *args: str) -> str:
         result = subprocess.run([sys.executable, "-c", code, *args], cwd=self.root, env=self.env,
@@ -53,6 +61,18 @@ class Project:
         if result.returncode != 0:
             raise AssertionError(result.stderr)
         return result.stdout
+
+    def manager(self, *args: str, timeout: float = 180) -> subprocess.CompletedProcess:
+        """Run `python celery_beat_manager.py ARGS` in the copy, as an operator would."""
+        return subprocess.run([sys.executable, "celery_beat_manager.py", *args], cwd=self.root, env=self.env,
+                              capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+
+    def add_task_module(self, name: str, code: str) -> None:
+        """Add app/tasks/NAME.py and register it, as a developer adding a job does."""
+        (self.root / "app" / "tasks" / f"{name}.py").write_text(code)
+        celery_app = self.root / "app" / "tasks" / "celery_app.py"
+        text = celery_app.read_text()
+        celery_app.write_text(text.replace('TASK_MODULES = [', f'TASK_MODULES = ["app.tasks.{name}", ', 1))
 
     def make_due(self, job: str) -> None:
         """Migrate, sync the table, and make `job` overdue, as if beat had been down for an hour."""
@@ -73,12 +93,12 @@ class Project:
         """Run `foreground`; `sigint_ignored` starts it as a non-interactive shell's `cmd &` does."""
         out = (self.root / "manager.out").open("w")
         ignore = (lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if sigint_ignored else None
-        self.manager = subprocess.Popen(
+        self.foreground = subprocess.Popen(
             [sys.executable, "celery_beat_manager.py", "foreground", *args],
             cwd=self.root, env=self.env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
             preexec_fn=ignore,
         )
-        return self.manager
+        return self.foreground
 
     def log_text(self, name: str) -> str:
         path = self.logs / name
@@ -89,8 +109,8 @@ class Project:
 
     def interrupt(self, timeout: float = 60) -> int:
         """Ctrl-C, as in a terminal; the manager's exit code."""
-        self.manager.send_signal(signal.SIGINT)
-        return self.manager.wait(timeout)
+        self.foreground.send_signal(signal.SIGINT)
+        return self.foreground.wait(timeout)
 
     def processes(self) -> list[psutil.Process]:
         """Processes still running from this copy (by working directory or command line)."""
@@ -113,7 +133,7 @@ class Project:
             for line in self.task_results():
                 if line["name"] == task_name:
                     return line
-            if self.manager and self.manager.poll() is not None:
+            if self.foreground and self.foreground.poll() is not None:
                 raise AssertionError(f"manager exited early:\n{self.output()}")
             time.sleep(0.2)
         raise AssertionError(f"{task_name} never finished; manager output:\n{self.output()}")

@@ -1,0 +1,89 @@
+"""What `status` and `check` look at: broker, database, migrations, workers, queues. No printing."""
+
+from dataclasses import dataclass
+from urllib.parse import urlsplit, urlunsplit
+
+import redis
+
+from app.core.broker import redis_client
+from app.core.config import Settings
+from app.tasks.queues import Queue
+
+# kombu's Redis transport keeps each priority level of a queue in its own list.
+PRIORITY_SEPARATOR = "\x06\x16"
+PRIORITY_STEPS = (0, 3, 6, 9)
+
+
+@dataclass(frozen=True)
+class Probe:
+    ok: bool
+    detail: str
+
+
+def mask_url(url: str) -> str:
+    """The URL with any password replaced by ***."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def probe_broker(settings: Settings) -> Probe:
+    try:
+        redis_client(settings.broker_url, socket_timeout=2, socket_connect_timeout=2).ping()
+    except (redis.RedisError, OSError) as error:
+        return Probe(False, f"{mask_url(settings.broker_url)}: {error}")
+    return Probe(True, mask_url(settings.broker_url))
+
+
+def probe_database(settings: Settings) -> Probe:
+    from sqlalchemy import text
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from app.core.database import engine
+
+    try:
+        with engine.connect() as connection:
+            connection.execute(text("SELECT 1"))
+    except SQLAlchemyError as error:
+        return Probe(False, f"{mask_url(settings.sqlalchemy_url)}: {str(error).splitlines()[0]}")
+    return Probe(True, mask_url(settings.sqlalchemy_url))
+
+
+def pending_migrations() -> list[str]:
+    """Django migrations not yet applied (beat applies them at start)."""
+    from django.db import connection
+    from django.db.migrations.executor import MigrationExecutor
+
+    executor = MigrationExecutor(connection)
+    plan = executor.migration_plan(executor.loader.graph.leaf_nodes())
+    return [f"{migration.app_label}.{migration.name}" for migration, _ in plan]
+
+
+def queue_depths(settings: Settings) -> dict[str, int]:
+    """Messages waiting in each of the five queues."""
+    client = redis_client(settings.broker_url, socket_timeout=2, socket_connect_timeout=2)
+    pipeline = client.pipeline(transaction=False)
+    for queue in Queue:
+        for step in PRIORITY_STEPS:
+            pipeline.llen(queue.value if step == 0 else f"{queue.value}{PRIORITY_SEPARATOR}{step}")
+    lengths = pipeline.execute()
+    per_queue = len(PRIORITY_STEPS)
+    return {queue.value: sum(lengths[i * per_queue:(i + 1) * per_queue]) for i, queue in enumerate(Queue)}
+
+
+def worker_queues(timeout: float = 1.5) -> dict[str, list[str]]:
+    """Workers answering a ping, with the queues each consumes."""
+    from app.tasks.celery_app import app
+
+    replies = app.control.inspect(timeout=timeout).active_queues() or {}
+    return {worker: sorted(q["name"] for q in queues) for worker, queues in sorted(replies.items())}
+
+
+def worker_tasks(timeout: float = 1.5) -> dict[str, set[str]]:
+    """The tasks each answering worker has registered."""
+    from app.tasks.celery_app import app
+
+    replies = app.control.inspect(timeout=timeout).registered() or {}
+    return {worker: set(tasks) for worker, tasks in replies.items()}

@@ -1,0 +1,116 @@
+"""Every periodic job as operators see it: schedule in words, last and next run, source, drift."""
+
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from zoneinfo import ZoneInfo
+
+from django.utils import timezone
+from django_celery_beat.models import CrontabSchedule, PeriodicTask
+
+from app.core.config import TIMEZONE
+from app.scheduling.models import CodeDefinedJob
+from app.scheduling.sync import desired_state, drift
+
+SHANGHAI = ZoneInfo(TIMEZONE)
+
+
+@dataclass
+class JobRow:
+    name: str
+    task: str
+    schedule: str  # in words
+    expression: str  # crontab fields or "every N seconds"
+    queue: str | None
+    enabled: bool
+    last_run: str | None
+    next_run: str | None
+    source: str  # "beat_schedules.py" or "admin"
+    drift: list[str]
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def _expression_of(c: CrontabSchedule) -> str:
+    return f"{c.minute} {c.hour} {c.day_of_month} {c.month_of_year} {c.day_of_week}"
+
+
+def _words_of(c: CrontabSchedule) -> str:
+    return c.human_readable.removesuffix(f" {c.timezone}")
+
+
+def _expression(task: PeriodicTask) -> str:
+    if task.crontab:
+        return _expression_of(task.crontab)
+    if task.interval:
+        return f"every {task.interval.every} {task.interval.period}"
+    return str(task.solar or task.clocked)
+
+
+def _words(task: PeriodicTask) -> str:
+    if task.crontab:
+        return _words_of(task.crontab)
+    return str(task.interval or task.solar or task.clocked)
+
+
+def _shanghai(moment: datetime | None) -> str | None:
+    return moment.astimezone(SHANGHAI).strftime("%Y-%m-%d %H:%M:%S") if moment else None
+
+
+def next_run(task: PeriodicTask, now: datetime) -> datetime | None:
+    """When beat will next send this job (now, if it is overdue); None when disabled."""
+    if not task.enabled:
+        return None
+    last = task.last_run_at or task.date_changed or now
+    if task.crontab:
+        start, ends_in, _ = task.schedule.remaining_delta(last.astimezone(task.crontab.timezone))
+        upcoming = start + ends_in
+    else:
+        upcoming = last + task.schedule.run_every
+    return max(upcoming, now)
+
+
+NOT_SYNCED = "not in the database yet: beat writes it at its next start"
+
+
+def _unsynced_row(name: str, entry: dict) -> JobRow:
+    """A table entry beat has not written yet, described from the file alone."""
+    spec = desired_state(entry)["schedule"]
+    if "crontab" in spec:
+        cron = CrontabSchedule(**spec["crontab"], timezone=SHANGHAI)
+        words, expression = _words_of(cron), _expression_of(cron)
+    else:
+        words = expression = f"every {int(spec['interval'])} seconds"
+    return JobRow(name=name, task=entry["task"], schedule=words, expression=expression,
+                  queue=entry["options"]["queue"], enabled=True, last_run=None, next_run=None,
+                  source="beat_schedules.py", drift=[NOT_SYNCED])
+
+
+def job_rows(table: dict[str, dict], now: datetime | None = None) -> list[JobRow]:
+    """One row per periodic task in the database, and per table entry not written there yet."""
+    now = now or timezone.now()
+    code_defined = set(CodeDefinedJob.objects.values_list("name", flat=True))
+    rows = []
+    for task in PeriodicTask.objects.select_related("crontab", "interval", "solar", "clocked").order_by("name"):
+        from_file = task.name in code_defined
+        rows.append(JobRow(
+            name=task.name,
+            task=task.task,
+            schedule=_words(task),
+            expression=_expression(task),
+            queue=task.queue,
+            enabled=task.enabled,
+            last_run=_shanghai(task.last_run_at),
+            next_run=_shanghai(next_run(task, now)),
+            source="beat_schedules.py" if from_file else "admin",
+            drift=drift(task, table[task.name]) if from_file and task.name in table else [],
+        ))
+    stored = {row.name for row in rows}
+    rows += [_unsynced_row(name, entry) for name, entry in table.items() if name not in stored]
+    return sorted(rows, key=lambda row: row.name)
+
+
+def next_due(table: dict[str, dict], now: datetime | None = None) -> JobRow | None:
+    """The enabled job whose next run comes first."""
+    upcoming = [row for row in job_rows(table, now) if row.next_run]
+    return min(upcoming, key=lambda row: row.next_run, default=None)
