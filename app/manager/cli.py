@@ -130,8 +130,7 @@ def cmd_restart(settings: Settings, args) -> int:
 
 def cmd_foreground(settings: Settings, args) -> int:
     """Run the chosen services in this terminal until Ctrl-C; stop them all on the way out."""
-    names = _chosen(args) if args.service != "all" else START_ORDER
-    services = [_process(settings, name, args) for name in names]
+    services = [_process(settings, name, args) for name in _chosen(args)]
     busy = [s.name for s in services if clear_stale_pidfile(s).running]
     if busy:
         raise ManagerError(f"{', '.join(busy)} already running in the background; 'stop' it first")
@@ -219,7 +218,7 @@ def cmd_status(settings: Settings, args) -> int:
         user = settings.flower_basic_auth.split(":")[0] if settings.flower_basic_auth else "admin"
         facts.append(["flower", f"http://{settings.flower_address}:{settings.flower_port}",
                       f"user {user}; password in FLOWER_BASIC_AUTH or {settings.var_path / 'flower_credentials'}"])
-    print(table(["", "", ""], facts).split("\n", 1)[1])
+    print(table(None, facts))
     return EXIT_OK if all(running.values()) else EXIT_STOPPED
 
 

@@ -1,6 +1,7 @@
 """Terminal output: aligned tables, colour only on a terminal (and never with NO_COLOR)."""
 
 import os
+import re
 import sys
 
 COLOURS = {"green": "32", "red": "31", "yellow": "33", "bold": "1", "dim": "2"}
@@ -16,12 +17,23 @@ def paint(text: str, colour: str, stream=sys.stdout) -> str:
     return f"\033[{COLOURS[colour]}m{text}\033[0m"
 
 
-def table(headers: list[str], rows: list[list[str]]) -> str:
-    """Rows under headers, each column as wide as its widest cell."""
-    cells = [headers, *rows]
-    widths = [max(len(str(row[i])) for row in cells) for i in range(len(headers))]
-    lines = ["  ".join(str(cell).ljust(width) for cell, width in zip(row, widths)).rstrip() for row in cells]
+def table(headers: list[str] | None, rows: list[list[str]]) -> str:
+    """Rows (under headers, if any), each column as wide as its widest cell."""
+    cells = [headers, *rows] if headers else rows
+    if not cells:
+        return ""
+    widths = [max(len(_visible(str(row[i]))) for row in cells) for i in range(len(cells[0]))]
+    lines = ["  ".join(_pad(str(cell), width) for cell, width in zip(row, widths)).rstrip() for row in cells]
     return "\n".join(lines)
+
+
+def _visible(text: str) -> str:
+    """The text without colour codes, for measuring its width."""
+    return re.sub(r"\033\[[0-9;]*m", "", text)
+
+
+def _pad(text: str, width: int) -> str:
+    return text + " " * (width - len(_visible(text)))
 
 
 def human_duration(seconds: float) -> str:

@@ -251,9 +251,10 @@ def process_stats(pid: int) -> ProcessStats | None:
     try:
         process = psutil.Process(pid)
         family = [process, *process.children(recursive=True)]
-        cpu = sum(p.cpu_percent(interval=None) for p in family)
+        for member in family:
+            member.cpu_percent(interval=None)  # the first reading only starts the measurement
         time.sleep(0.1)
-        cpu = sum(p.cpu_percent(interval=None) for p in family)
+        cpu = sum(member.cpu_percent(interval=None) for member in family)
         memory = sum(p.memory_info().rss for p in family)
         return ProcessStats(pid, time.time() - process.create_time(), cpu, memory)
     except psutil.Error:
