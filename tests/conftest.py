@@ -70,9 +70,9 @@ def worker(celery_app):
 @pytest.fixture(scope="session")
 def django_db(embedded_broker):
     """Django on the in-process SQLite file, migrated."""
-    from app.scheduling.scheduler import migrate_database
+    from app.core.migrations import migrate_all
 
-    migrate_database()
+    migrate_all()
 
 
 @pytest.fixture(scope="session")

@@ -327,9 +327,9 @@ def cmd_list(settings: Settings, args) -> int:
 
     _setup_django()
     from app.scheduling.overview import job_rows
-    from app.scheduling.scheduler import migrate_database
+    from app.core.migrations import migrate_all
 
-    migrate_database()
+    migrate_all()
     rows = job_rows(BEAT_SCHEDULE)
     if args.json:
         print(json.dumps([row.as_dict() for row in rows], ensure_ascii=False, indent=2))
@@ -357,10 +357,10 @@ def cmd_clear(settings: Settings, args) -> int:
     from app.tasks.beat_schedules import BEAT_SCHEDULE
 
     _setup_django()
-    from app.scheduling.scheduler import migrate_database
+    from app.core.migrations import migrate_all
     from app.scheduling.sync import reset_schedule
 
-    migrate_database()
+    migrate_all()
     deleted, report = reset_schedule(BEAT_SCHEDULE, everything=args.all)
     print(f"removed {removed} schedule/PID file(s); deleted {deleted} job row(s); "
           f"recreated {len(report.created)} job(s) from beat_schedules.py")

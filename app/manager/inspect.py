@@ -52,13 +52,17 @@ def probe_database(settings: Settings) -> Probe:
 
 
 def pending_migrations() -> list[str]:
-    """Django migrations not yet applied (beat applies them at start)."""
+    """Migrations not yet applied, Alembic's and Django's (beat and workers apply them at start)."""
     from django.db import connection
     from django.db.migrations.executor import MigrationExecutor
 
+    from app.core.database import engine
+    from app.core.migrations import pending_app_revisions
+
     executor = MigrationExecutor(connection)
     plan = executor.migration_plan(executor.loader.graph.leaf_nodes())
-    return [f"{migration.app_label}.{migration.name}" for migration, _ in plan]
+    django_pending = [f"{migration.app_label}.{migration.name}" for migration, _ in plan]
+    return [f"app.{revision}" for revision in pending_app_revisions(engine.sa_engine)] + django_pending
 
 
 def queue_depths(settings: Settings) -> dict[str, int]:

@@ -2,18 +2,14 @@
 
 import logging
 
-from django.core.management import call_command
 from django_celery_beat.schedulers import DatabaseScheduler
+
+from app.core.migrations import migrate_all
 
 from app.scheduling.sync import sync_schedule_table
 from app.tasks.beat_schedules import BEAT_SCHEDULE
 
 log = logging.getLogger(__name__)
-
-
-def migrate_database() -> None:
-    """Apply Django migrations (django-celery-beat's and ours); a no-op once applied."""
-    call_command("migrate", interactive=False, verbosity=0)
 
 
 class ScheduleTableScheduler(DatabaseScheduler):
@@ -26,5 +22,5 @@ class ScheduleTableScheduler(DatabaseScheduler):
     """
 
     def setup_schedule(self):
-        migrate_database()
+        migrate_all()
         sync_schedule_table(BEAT_SCHEDULE)

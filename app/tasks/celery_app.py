@@ -15,6 +15,7 @@ from kombu import Exchange, Queue as KombuQueue  # noqa: E402
 
 from app.core.config import TIMEZONE, Settings, get_settings  # noqa: E402
 from app.core.logging import task_result_record, write_task_result  # noqa: E402
+from app.core.migrations import migrate_all  # noqa: E402
 from app.tasks.policies import RETRY_BACKOFF_MAX  # noqa: E402
 from app.tasks.queues import Queue  # noqa: E402
 
@@ -83,8 +84,15 @@ app.conf.update(celery_config(get_settings()))
 
 FINISHED_STATES = frozenset({states.SUCCESS, states.FAILURE, states.REJECTED})
 _started: dict[str, float] = {}
+
 # Celery reports one hard timeout through task_failure twice (on_timeout, then on_failure).
 _timeouts_logged: deque[str] = deque(maxlen=1000)
+
+
+@signals.worker_init.connect
+def _migrate_before_consuming(**_):
+    # A worker may start before beat on a new database; tasks need the tables.
+    migrate_all()
 
 
 @signals.task_prerun.connect

@@ -15,7 +15,7 @@ from app.tasks.celery_app import app
 from django_celery_beat.models import PeriodicTask  # noqa: E402  (after django.setup in celery_app)
 from django_celery_beat.schedulers import ModelEntry  # noqa: E402
 
-from app.scheduling.scheduler import migrate_database  # noqa: E402
+from app.core.migrations import migrate_all  # noqa: E402
 from app.scheduling.sync import sync_schedule_table  # noqa: E402
 
 SHANGHAI = ZoneInfo("Asia/Shanghai")
@@ -34,7 +34,7 @@ def entry_at(last_run: datetime, now: datetime) -> dict:
 
 def main() -> None:
     time.tzset()
-    migrate_database()
+    migrate_all()
     sync_schedule_table({
         "nightly-job": {
             "task": "app.tasks.file_tasks.cleanup_logs",

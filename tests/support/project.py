@@ -22,10 +22,10 @@ from datetime import timedelta
 from django.utils import timezone
 from app.tasks.celery_app import app
 from django_celery_beat.models import PeriodicTask
-from app.scheduling.scheduler import migrate_database
+from app.core.migrations import migrate_all
 from app.scheduling.sync import sync_schedule_table
 from app.tasks.beat_schedules import BEAT_SCHEDULE
-migrate_database()
+migrate_all()
 sync_schedule_table(BEAT_SCHEDULE)
 PeriodicTask.objects.filter(name=sys.argv[1]).update(last_run_at=timezone.now() - timedelta(hours=1))
 """

@@ -1,0 +1,7 @@
+"""SQLAlchemy models of the domain: deliveries, their tracking events, and periodic job runs."""
+
+from app.models.base import Base
+from app.models.deliveries import Delivery, DeliveryStatus, TrackingEvent
+from app.models.jobs import JobRun
+
+__all__ = ["Base", "Delivery", "DeliveryStatus", "JobRun", "TrackingEvent"]

@@ -1,0 +1,73 @@
+from datetime import date, datetime
+from enum import StrEnum
+
+from sqlalchemy import Date, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from app.models.base import Base, UTCDateTime, utcnow
+
+
+class DeliveryStatus(StrEnum):
+    PENDING = "pending"  # registered, never polled
+    IN_TRANSIT = "in_transit"
+    OUT_FOR_DELIVERY = "out_for_delivery"
+    DELIVERED = "delivered"
+    PROBLEM = "problem"
+    RETURNED = "returned"
+    REJECTED = "rejected"
+    TIMEOUT = "timeout"  # past its deadline without delivery
+    FAILED = "failed"  # the carrier cannot track it (bad number, wrong carrier)
+
+
+TERMINAL_STATUSES = frozenset({DeliveryStatus.DELIVERED, DeliveryStatus.RETURNED, DeliveryStatus.REJECTED,
+                               DeliveryStatus.TIMEOUT, DeliveryStatus.FAILED})
+
+
+class Delivery(Base):
+    """A document sent by post, followed until the carrier confirms it."""
+
+    __tablename__ = "deliveries"
+    __table_args__ = (
+        UniqueConstraint("carrier", "tracking_number"),
+        Index("ix_deliveries_status_next_poll", "status", "next_poll_at"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    reference: Mapped[str] = mapped_column(String(64))
+    recipient_name: Mapped[str] = mapped_column(String(100))
+    phone: Mapped[str] = mapped_column(String(32))
+    address: Mapped[str] = mapped_column(String(500))
+    carrier: Mapped[str] = mapped_column(String(32))
+    tracking_number: Mapped[str] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(20), default=DeliveryStatus.PENDING)
+    carrier_state: Mapped[int | None] = mapped_column(Integer)
+    deadline: Mapped[date | None] = mapped_column(Date)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+    delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    last_polled_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    next_poll_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    poll_count: Mapped[int] = mapped_column(Integer, default=0)
+    poll_failures: Mapped[int] = mapped_column(Integer, default=0)
+    last_error: Mapped[str | None] = mapped_column(Text)
+
+    events: Mapped[list["TrackingEvent"]] = relationship(
+        back_populates="delivery", cascade="all, delete-orphan", order_by="TrackingEvent.occurred_at")
+
+
+class TrackingEvent(Base):
+    """One line of a carrier's tracking record; stored once, whatever the number of polls."""
+
+    __tablename__ = "tracking_events"
+    __table_args__ = (UniqueConstraint("delivery_id", "fingerprint"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    delivery_id: Mapped[int] = mapped_column(ForeignKey("deliveries.id", ondelete="CASCADE"), index=True)
+    occurred_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    location: Mapped[str | None] = mapped_column(String(200))
+    description: Mapped[str] = mapped_column(Text)
+    carrier_status: Mapped[str | None] = mapped_column(String(40))
+    fingerprint: Mapped[str] = mapped_column(String(40))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    delivery: Mapped[Delivery] = relationship(back_populates="events")
