@@ -1,0 +1,1 @@
+"""Carrier tracking clients behind one small interface (base.py), one module per protocol."""

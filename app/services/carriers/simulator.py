@@ -1,0 +1,170 @@
+"""A local server speaking the Kuaidi100 query protocol, for the embedded default, tests and benches.
+
+Each poll of a tracking number moves it one step along a script chosen by its prefix:
+plain numbers are collected, travel, go out for delivery and are signed for; `RET…` are
+returned, `REF…` refused, `PROB…` stick at "problem". `BAD…` get error 400, `MALFORMED…` a reply
+that is not JSON, `SLOW…` an answer after `slow_seconds`. SF Express (`shunfeng`) requires a phone.
+Latency, a random HTTP 500 rate and a requests-per-second limit (error 502 beyond it) are set per server.
+"""
+
+import json
+import random
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs
+from zoneinfo import ZoneInfo
+
+from app.services.carriers.kuaidi100 import sign
+
+CHINA = ZoneInfo("Asia/Shanghai")
+KNOWN_CARRIERS = {"ems", "shunfeng", "yuantong", "zhongtong", "yunda", "shentong", "jd", "youzhengguonei"}
+STATE_NAMES = {0: "在途", 1: "揽收", 2: "疑难", 3: "签收", 4: "退签", 5: "派件", 6: "退回", 14: "拒签"}
+SCRIPTS = {
+    "RET": [1, 0, 6, 4],
+    "REF": [1, 0, 5, 14],
+    "PROB": [1, 2],
+    "": [1, 0, 0, 5, 3],
+}
+EVENT_TEXT = {0: "快件已到达【{city}转运中心】", 1: "【{city}】已揽收", 2: "快件异常，请联系快递员", 3: "已签收，签收人：本人",
+              4: "退回件已签收", 5: "【{city}】派件中", 6: "快件退回中", 14: "收件人拒收"}
+CITIES = ["北京", "上海", "南京", "杭州", "深圳"]
+EPOCH = datetime(2026, 11, 1, 9, 0, tzinfo=CHINA)
+
+
+@dataclass
+class SimulatorStats:
+    requests: int = 0
+    over_limit: int = 0
+    per_second: dict[int, int] = field(default_factory=dict)
+
+    @property
+    def peak_per_second(self) -> int:
+        return max(self.per_second.values(), default=0)
+
+
+class CarrierSimulator:
+    """The protocol logic, independent of HTTP; thread-safe."""
+
+    def __init__(self, customer: str, key: str, error_rate: float = 0.0, rate_limit: float | None = None,
+                 slow_seconds: float = 30.0, seed: int = 7):
+        self.customer, self.key = customer, key
+        self.error_rate, self.rate_limit, self.slow_seconds = error_rate, rate_limit, slow_seconds
+        self.polls: dict[str, int] = {}
+        self.stats = SimulatorStats()
+        self._random = random.Random(seed)
+        self._lock = threading.Lock()
+
+    def _admit(self) -> bool:
+        """Count the request; False when it is over this second's limit."""
+        second = int(time.monotonic())
+        with self._lock:
+            self.stats.requests += 1
+            count = self.stats.per_second.get(second, 0) + 1
+            self.stats.per_second[second] = count
+            if self.rate_limit is not None and count > self.rate_limit:
+                self.stats.over_limit += 1
+                return False
+            return True
+
+    def answer(self, form: dict[str, str]) -> tuple[int, str]:
+        """HTTP status and body for one query form."""
+        if not self._admit():
+            return 200, _error("502", "服务器繁忙 / server busy")
+        if form.get("customer") != self.customer:
+            return 200, _error("601", "key 已过期或无效 / unknown customer")
+        param = form.get("param", "")
+        if form.get("sign") != sign(param, self.key, self.customer):
+            return 200, _error("503", "验证签名失败 / signature check failed")
+        with self._lock:
+            failing = self._random.random() < self.error_rate
+        if failing:
+            return 500, "Internal Server Error"
+        try:
+            query = json.loads(param)
+            carrier, number = query["com"], query["num"]
+        except (ValueError, KeyError, TypeError):
+            return 200, _error("400", "参数错误 / malformed param")
+        return self._track(carrier, number, query.get("phone"))
+
+    def _track(self, carrier: str, number: str, phone: str | None) -> tuple[int, str]:
+        if carrier not in KNOWN_CARRIERS or number.startswith("BAD"):
+            return 200, _error("400", "快递公司参数异常或单号错误 / wrong company code or number")
+        if carrier == "shunfeng" and not phone:
+            return 200, _error("408", "手机号校验失败 / phone check failed")
+        if number.startswith("MALFORMED"):
+            return 200, "<html>gateway error</html>"
+        if number.startswith("SLOW"):
+            time.sleep(self.slow_seconds)
+        script = next(s for prefix, s in SCRIPTS.items() if number.startswith(prefix))
+        with self._lock:
+            step = min(self.polls.get(number, 0), len(script) - 1)
+            self.polls[number] = self.polls.get(number, 0) + 1
+        return 200, json.dumps(_tracking_reply(carrier, number, script[: step + 1]), ensure_ascii=False)
+
+
+def _error(code: str, message: str) -> str:
+    return json.dumps({"result": False, "returnCode": code, "message": message}, ensure_ascii=False)
+
+
+def _tracking_reply(carrier: str, number: str, states: list[int]) -> dict:
+    events = []
+    for index, state in enumerate(states):
+        when = EPOCH + timedelta(hours=6 * index)
+        city = CITIES[index % len(CITIES)]
+        events.append({"time": when.strftime("%Y-%m-%d %H:%M:%S"), "ftime": when.strftime("%Y-%m-%d %H:%M:%S"),
+                       "context": EVENT_TEXT[state].format(city=city), "areaName": city,
+                       "status": STATE_NAMES[state], "statusCode": str(state)})
+    current = states[-1]
+    return {"message": "ok", "nu": number, "com": carrier, "status": "200", "ischeck": "1" if current == 3 else "0",
+            "condition": "F00", "state": str(current), "data": list(reversed(events))}
+
+
+class SimulatorServer:
+    """The simulator over HTTP on 127.0.0.1, in a background thread."""
+
+    def __init__(self, simulator: CarrierSimulator, port: int = 0, latency: float = 0.0):
+        self.simulator, self.latency = simulator, latency
+        handler = self._handler()
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", port), handler)
+        self.httpd.daemon_threads = True
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        host, port = self.httpd.server_address[:2]
+        return f"http://{host}:{port}/poll/query.do"
+
+    def _handler(self):
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self):  # noqa: N802 - the http.server API
+                length = int(self.headers.get("Content-Length") or 0)
+                form = {k: v[0] for k, v in parse_qs(self.rfile.read(length).decode("utf-8")).items()}
+                if server.latency:
+                    time.sleep(server.latency)
+                status, body = server.simulator.answer(form)
+                payload = body.encode("utf-8")
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json;charset=UTF-8")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+            def log_message(self, *_):
+                pass
+
+        return Handler
+
+    def start(self) -> "SimulatorServer":
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
