@@ -1,0 +1,66 @@
+"""The shared rate limit on a real Redis, from several processes at once."""
+
+import multiprocessing
+import time
+
+import pytest
+import redis
+
+from app.core.broker import redis_client
+from app.services.ratelimit import RateLimiter
+
+
+def grab(url: str, name: str, rate: float, count: int, out) -> None:
+    from app.core.broker import redis_client as connect
+
+    limiter = RateLimiter(connect(url), name, rate)
+    for _ in range(count):
+        limiter.acquire()
+        out.put(time.time())
+
+
+@pytest.fixture(params=["embedded", "redis"])
+def url(request):
+    if request.param == "embedded":
+        request.getfixturevalue("embedded_broker")
+        return request.getfixturevalue("settings").broker_url
+    return request.getfixturevalue("redis_url")
+
+
+def test_no_one_second_window_exceeds_the_limit_across_processes(url):
+    rate, per_process, processes = 50, 40, 3
+    name = f"test-{time.monotonic_ns()}"
+    grants = multiprocessing.Queue()
+    workers = [multiprocessing.Process(target=grab, args=(url, name, rate, per_process, grants))
+               for _ in range(processes)]
+    for worker in workers:
+        worker.start()
+    times = sorted(grants.get(timeout=30) for _ in range(per_process * processes))
+    for worker in workers:
+        worker.join(10)
+    busiest = max(sum(1 for t in times if start <= t < start + 1) for start in times)
+    assert busiest <= rate
+    elapsed = times[-1] - times[0]
+    assert elapsed >= (len(times) - 1) / rate * 0.9, "grants are spaced 1/rate apart"
+    assert elapsed <= (len(times) - 1) / rate * 1.5, "and no slower than needed"
+    redis_client(url).delete(f"app:ratelimit:{name}")
+
+
+def test_try_acquire_says_how_long_to_wait(url):
+    limiter = RateLimiter(redis_client(url), f"test-wait-{time.monotonic_ns()}", rate=2)
+    assert limiter.try_acquire() == 0
+    wait = limiter.try_acquire()
+    assert 0.3 < wait <= 0.5
+
+
+def test_acquire_gives_up_after_its_timeout(url):
+    limiter = RateLimiter(redis_client(url), f"test-timeout-{time.monotonic_ns()}", rate=0.1)
+    limiter.acquire()
+    with pytest.raises(TimeoutError):
+        limiter.acquire(timeout=1)
+
+
+def test_unreachable_redis_raises(tmp_path):
+    limiter = RateLimiter(redis.Redis(unix_socket_path=str(tmp_path / "none.sock")), "x", 1)
+    with pytest.raises(redis.ConnectionError):
+        limiter.try_acquire()
