@@ -89,15 +89,20 @@ def postgres_url():
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def sa_engine(request, tmp_path):
-    """A real SQLAlchemy engine on SQLite and on PostgreSQL."""
+    """A real SQLAlchemy engine on a fresh SQLite file and on a fresh PostgreSQL database."""
     from app.core.database import make_engine
 
     if request.param == "sqlite":
         engine = make_engine(f"sqlite:///{tmp_path / 'test.db'}")
-    else:
-        engine = make_engine(request.getfixturevalue("postgres_url").replace("postgresql://", "postgresql+psycopg2://", 1))
+        yield engine
+        engine.dispose()
+        return
+    database = postgres_database("celerybeat_test_engine")
+    url = next(database)
+    engine = make_engine(url.replace("postgresql://", "postgresql+psycopg2://", 1))
     yield engine
     engine.dispose()
+    database.close()
 
 
 @pytest.fixture(params=["embedded", "redis+postgresql"])

@@ -63,6 +63,15 @@ def test_warn_threshold_must_be_below_critical(monkeypatch):
         load_settings()
 
 
+def test_kuaidi100_needs_its_account(monkeypatch):
+    monkeypatch.setenv("TRACKING_PROVIDER", "kuaidi100")
+    with pytest.raises(ConfigError, match="KUAIDI100_CUSTOMER and KUAIDI100_KEY"):
+        load_settings()
+    monkeypatch.setenv("KUAIDI100_CUSTOMER", "C")
+    monkeypatch.setenv("KUAIDI100_KEY", "K")
+    assert load_settings().tracking_provider == "kuaidi100"
+
+
 def test_long_var_path_keeps_the_socket_path_short(tmp_path):
     settings = Settings(var_dir=tmp_path / ("deep" * 40))
     assert len(str(settings.embedded_broker_socket)) <= 100

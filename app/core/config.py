@@ -62,6 +62,14 @@ class Settings(BaseSettings):
     flower_port: int = Field(5555, ge=1, le=65535)
     flower_basic_auth: str | None = None
 
+    tracking_provider: Literal["kuaidi100", "simulator"] = "simulator"
+    kuaidi100_customer: str | None = None
+    kuaidi100_key: str | None = None
+    kuaidi100_url: str = "https://poll.kuaidi100.com/poll/query.do"
+    kuaidi100_rate_limit: float = Field(20.0, gt=0)  # requests per second, shared by all workers
+    tracking_poll_interval: float = Field(30.0, ge=0)  # minutes between polls of one delivery; 0 = every run
+    tracking_timeout: float = Field(10.0, gt=0)
+
     @field_validator("celery_broker_url", "celery_result_backend")
     @classmethod
     def _broker_scheme(cls, value, info):
@@ -81,6 +89,12 @@ class Settings(BaseSettings):
     def _thresholds_ordered(self):
         if self.disk_warn_percent >= self.disk_critical_percent:
             raise ValueError("DISK_WARN_PERCENT must be below DISK_CRITICAL_PERCENT")
+        return self
+
+    @model_validator(mode="after")
+    def _kuaidi100_account(self):
+        if self.tracking_provider == "kuaidi100" and not (self.kuaidi100_customer and self.kuaidi100_key):
+            raise ValueError("TRACKING_PROVIDER=kuaidi100 needs KUAIDI100_CUSTOMER and KUAIDI100_KEY")
         return self
 
     @property

@@ -57,9 +57,9 @@ SessionFactory = sessionmaker(bind=engine.sa_engine, expire_on_commit=False)
 
 
 @contextmanager
-def session_scope() -> Iterator[Session]:
+def session_scope(factory: sessionmaker | None = None) -> Iterator[Session]:
     """One transaction: commit on success, roll back on any error."""
-    session = SessionFactory()
+    session = (factory or SessionFactory)()
     try:
         yield session
         session.commit()

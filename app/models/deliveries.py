@@ -13,6 +13,7 @@ class DeliveryStatus(StrEnum):
     OUT_FOR_DELIVERY = "out_for_delivery"
     DELIVERED = "delivered"
     PROBLEM = "problem"
+    RETURNING = "returning"  # on its way back to the sender
     RETURNED = "returned"
     REJECTED = "rejected"
     TIMEOUT = "timeout"  # past its deadline without delivery
