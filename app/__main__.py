@@ -1,0 +1,100 @@
+"""python -m app: domain commands (deliveries). The service itself runs from celery_beat_manager.py."""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from app.core.config import ConfigError, load_settings
+from app.manager.output import table
+
+
+def _deliveries_parser(commands) -> None:
+    deliveries = commands.add_parser("deliveries", help="register and inspect deliveries",
+                                     description="Register deliveries to follow, and look at them.")
+    actions = deliveries.add_subparsers(dest="action", required=True, metavar="ACTION")
+    add = actions.add_parser("add", help="register one delivery")
+    for name in ("reference", "recipient-name", "phone", "address", "carrier", "tracking-number"):
+        add.add_argument(f"--{name}", required=True)
+    add.add_argument("--deadline", help="ISO date, e.g. 2026-12-31")
+    imported = actions.add_parser("import", help="register every valid row of a CSV file",
+                                  description="Header: reference,recipient_name,phone,address,carrier,"
+                                              "tracking_number,deadline. Bad rows are reported by line; "
+                                              "rows already registered are skipped.")
+    imported.add_argument("file", type=Path)
+    listing = actions.add_parser("list", help="list deliveries, newest first")
+    listing.add_argument("--status", help="only this status")
+    listing.add_argument("--limit", type=int, default=50)
+    listing.add_argument("--json", action="store_true")
+    show = actions.add_parser("show", help="one delivery with its tracking events")
+    show.add_argument("id", type=int)
+    show.add_argument("--json", action="store_true")
+
+
+def run_deliveries(args) -> int:
+    from sqlalchemy import select
+
+    from app.core.database import engine, session_scope
+    from app.core.migrations import upgrade_app_schema
+    from app.models import Delivery
+    from app.services import deliveries
+
+    upgrade_app_schema(engine.sa_engine)
+    with session_scope() as session:
+        if args.action == "add":
+            fields = {name: getattr(args, name) for name in deliveries.CSV_HEADER}
+            delivery = deliveries.add_delivery(session, fields)
+            print(f"registered delivery {delivery.id}: {delivery.carrier} {delivery.tracking_number}")
+            return 0
+        if args.action == "import":
+            if not args.file.is_file():
+                raise deliveries.DeliveryInputError(f"no such file: {args.file}")
+            report = deliveries.import_csv(session, args.file)
+            for line, reason in report.errors:
+                print(f"line {line}: {reason}", file=sys.stderr)
+            print(f"inserted {report.inserted}, already registered {report.duplicates}, rejected {len(report.errors)}")
+            return 1 if report.errors else 0
+        if args.action == "list":
+            query = select(Delivery).order_by(Delivery.id.desc()).limit(args.limit)
+            if args.status:
+                query = query.where(Delivery.status == args.status)
+            rows = [deliveries.delivery_summary(d) for d in session.scalars(query)]
+            if args.json:
+                print(json.dumps(rows, ensure_ascii=False, indent=2))
+            else:
+                print(table(["id", "reference", "recipient", "phone", "carrier", "tracking number", "status", "deadline"],
+                            [[r["id"], r["reference"], r["recipient_name"], r["phone"], r["carrier"],
+                              r["tracking_number"], r["status"], r["deadline"] or "-"] for r in rows]))
+            return 0
+        delivery = session.get(Delivery, args.id)
+        if delivery is None:
+            raise deliveries.DeliveryInputError(f"no delivery {args.id}")
+        detail = {**deliveries.delivery_summary(delivery), "events": deliveries.event_summaries(delivery.events)}
+        if args.json:
+            print(json.dumps(detail, ensure_ascii=False, indent=2))
+        else:
+            for key, value in detail.items():
+                if key != "events":
+                    print(f"{key:<15} {value if value is not None else '-'}")
+            for event in detail["events"]:
+                print(f"  {event['time']}  {event['location'] or ''}  {event['description']}")
+        return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m app", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _deliveries_parser(commands)
+    args = parser.parse_args(argv)
+    from app.services.errors import PermanentError
+
+    try:
+        load_settings()
+        return run_deliveries(args)
+    except (ConfigError, PermanentError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
