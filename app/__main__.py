@@ -5,7 +5,7 @@ import json
 import sys
 from pathlib import Path
 
-from app.core.config import ConfigError, load_settings
+from app.core.config import SIMULATOR_ACCOUNT, ConfigError, load_settings
 from app.manager.output import table
 
 
@@ -29,6 +29,35 @@ def _deliveries_parser(commands) -> None:
     show = actions.add_parser("show", help="one delivery with its tracking events")
     show.add_argument("id", type=int)
     show.add_argument("--json", action="store_true")
+
+
+def _simulator_parser(commands) -> None:
+    simulator = commands.add_parser("simulator", help="serve the Kuaidi100 protocol simulator on 127.0.0.1",
+                                    description="The carrier the embedded default tracks against "
+                                                "(TRACKING_PROVIDER=simulator); SIMULATOR_* settings apply.")
+    simulator.add_argument("--port", type=int, default=None, help="default: SIMULATOR_PORT")
+
+
+def run_simulator(args) -> int:
+    import signal
+    import threading
+
+    from app.core.config import get_settings
+    from app.services.carriers.simulator import CarrierSimulator, SimulatorServer
+
+    settings = get_settings()
+    server = SimulatorServer(CarrierSimulator(*SIMULATOR_ACCOUNT, error_rate=settings.simulator_error_rate),
+                             port=args.port or settings.simulator_port,
+                             latency=settings.simulator_latency_ms / 1000).start()
+    print(f"Kuaidi100 simulator at {server.url}", flush=True)
+    stopped = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stopped.set())
+    try:
+        stopped.wait()
+    except KeyboardInterrupt:
+        pass
+    server.stop()
+    return 0
 
 
 def run_deliveries(args) -> int:
@@ -85,12 +114,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m app", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _deliveries_parser(commands)
+    _simulator_parser(commands)
     args = parser.parse_args(argv)
     from app.services.errors import PermanentError
 
     try:
         load_settings()
-        return run_deliveries(args)
+        return run_simulator(args) if args.command == "simulator" else run_deliveries(args)
     except (ConfigError, PermanentError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.project import free_port  # imports nothing of the app
+
 RUNTIME_ROOT = Path(tempfile.mkdtemp(prefix="cbm-tests-"))
 for variable in ("CELERY_BROKER_URL", "CELERY_RESULT_BACKEND", "DATABASE_URL", "APP_HOME"):
     os.environ.pop(variable, None)
@@ -19,6 +21,9 @@ os.environ.update(
     LOGS_DIR=str(RUNTIME_ROOT / "logs"),
     DJANGO_SETTINGS_MODULE="app.core.django_settings",
     APP_ENV_FILE="",  # a developer's .env must not point the tests at a real broker
+    TRACKING_PROVIDER="simulator",
+    SIMULATOR_PORT=str(free_port()),
+    TRACKING_POLL_INTERVAL="0",  # every run polls again, so a test sees progress run by run
 )
 
 import django  # noqa: E402
@@ -125,3 +130,14 @@ def embedded_project(tmp_path):
     copy = Project(tmp_path)
     yield copy
     copy.kill_all()
+
+
+@pytest.fixture(scope="session")
+def carrier_simulator(settings):
+    """The Kuaidi100 simulator where the in-process app's settings point (TRACKING_PROVIDER=simulator)."""
+    from app.core.config import SIMULATOR_ACCOUNT
+    from app.services.carriers.simulator import CarrierSimulator, SimulatorServer
+
+    server = SimulatorServer(CarrierSimulator(*SIMULATOR_ACCOUNT), port=settings.simulator_port).start()
+    yield server
+    server.stop()

@@ -23,7 +23,10 @@ REGISTERED_TASKS = [
     "app.tasks.file_tasks.cleanup_expired_results",
     "app.tasks.file_tasks.cleanup_logs",
     "app.tasks.file_tasks.cleanup_temp_files",
+    "app.tasks.tracking_tasks.check_timeout_tasks",
+    "app.tasks.tracking_tasks.poll_tracking_chunk",
     "app.tasks.tracking_tasks.system_health_check",
+    "app.tasks.tracking_tasks.update_tracking_status",
 ]
 # Jobs allowed an interval schedule instead of crontab (intervals re-anchor at every deploy).
 INTERVAL_ALLOW_LIST: set[str] = set()
@@ -113,8 +116,8 @@ def test_schedule_names_are_kebab_case():
 
 
 def test_seed_jobs_of_this_stage_are_scheduled():
-    assert {"system-health-check", "check-disk-space", "cleanup-temp-files",
-            "cleanup-expired-results", "cleanup-logs"} <= set(BEAT_SCHEDULE)
+    assert {"system-health-check", "check-disk-space", "cleanup-temp-files", "cleanup-expired-results",
+            "cleanup-logs", "update-tracking-status", "check-timeout-tasks"} <= set(BEAT_SCHEDULE)
 
 
 @pytest.mark.parametrize(("policy", "retries", "base"), [("default", 3, 60), ("critical", 5, 30)])

@@ -17,6 +17,7 @@ TIMEZONE = "Asia/Shanghai"
 
 BROKER_SCHEMES = ("redis", "rediss", "redis+socket")
 DATABASE_SCHEMES = ("postgresql", "postgresql+psycopg2", "postgres", "sqlite")
+SIMULATOR_ACCOUNT = ("SIMULATOR", "simulator-key")
 # A unix socket path must fit in sockaddr_un.sun_path (108 bytes on Linux).
 MAX_SOCKET_PATH = 100
 
@@ -69,6 +70,24 @@ class Settings(BaseSettings):
     kuaidi100_rate_limit: float = Field(20.0, gt=0)  # requests per second, shared by all workers
     tracking_poll_interval: float = Field(30.0, ge=0)  # minutes between polls of one delivery; 0 = every run
     tracking_timeout: float = Field(10.0, gt=0)
+    tracking_chunk_size: int = Field(100, ge=1)  # deliveries per poll task
+    tracking_concurrency: int = Field(8, ge=1)  # concurrent polls inside one task
+    simulator_port: int = Field(8765, ge=1, le=65535)
+    simulator_latency_ms: float = Field(50.0, ge=0)
+    simulator_error_rate: float = Field(0.0, ge=0, le=1)
+
+    @property
+    def carrier_url(self) -> str:
+        if self.tracking_provider == "simulator":
+            return f"http://127.0.0.1:{self.simulator_port}/poll/query.do"
+        return self.kuaidi100_url
+
+    @property
+    def carrier_account(self) -> tuple[str, str]:
+        """(customer, key); the simulator accepts its own fixed account."""
+        if self.tracking_provider == "simulator":
+            return SIMULATOR_ACCOUNT
+        return self.kuaidi100_customer, self.kuaidi100_key
 
     @field_validator("celery_broker_url", "celery_result_backend")
     @classmethod

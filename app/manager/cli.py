@@ -28,8 +28,8 @@ from app.manager.processes import (
 from app.manager.tail import follow, follow_in_background
 
 LOGLEVELS = ["debug", "info", "warning", "error"]
-START_ORDER = ["worker", "beat", "flower"]
-STOP_ORDER = ["flower", "beat", "worker"]
+START_ORDER = ["simulator", "worker", "beat", "flower"]
+STOP_ORDER = ["flower", "beat", "worker", "simulator"]
 EXIT_OK, EXIT_ERROR, EXIT_STOPPED = 0, 1, 3
 RUN_TIMEOUT = 900.0
 
@@ -42,9 +42,14 @@ def _interrupt(*_):
     raise KeyboardInterrupt
 
 
-def _chosen(args) -> list[str]:
+def _chosen(args, settings: Settings) -> list[str]:
     service = getattr(args, "service", "beat")
-    return list(START_ORDER) if service == "all" else [service]
+    return _all_services(settings) if service == "all" else [service]
+
+
+def _all_services(settings: Settings) -> list[str]:
+    """Every service this configuration runs: the simulator only when tracking against it."""
+    return [name for name in START_ORDER if name != "simulator" or settings.tracking_provider == "simulator"]
 
 
 def _process(settings: Settings, name: str, args) -> ServiceProcess:
@@ -64,14 +69,14 @@ def _tail_lines(path, count: int) -> list[str]:
 
 
 def _anything_running(settings: Settings) -> bool:
-    return any(pid_state(service_process(settings, name)).running for name in SERVICES)
+    return any(pid_state(service_process(settings, name)).running for name in SERVICES if name != "simulator")
 
 
 # -- start / stop / restart -------------------------------------------------------------------
 
 
 def cmd_start(settings: Settings, args) -> int:
-    names = _chosen(args)
+    names = _chosen(args, settings)
     running = [name for name in names if clear_stale_pidfile(_process(settings, name, args)).running]
     if running and len(running) == len(names):
         pid = pid_state(_process(settings, running[0], args)).pid
@@ -101,7 +106,7 @@ def _start_detached(service: ServiceProcess) -> None:
 
 
 def cmd_stop(settings: Settings, args) -> int:
-    names = [name for name in STOP_ORDER if name in _chosen(args)]
+    names = [name for name in STOP_ORDER if name in _chosen(args, settings)]
     for name in names:
         service = _process(settings, name, args)
         state = pid_state(service)
@@ -130,7 +135,7 @@ def cmd_restart(settings: Settings, args) -> int:
 
 def cmd_foreground(settings: Settings, args) -> int:
     """Run the chosen services in this terminal until Ctrl-C; stop them all on the way out."""
-    services = [_process(settings, name, args) for name in _chosen(args)]
+    services = [_process(settings, name, args) for name in _chosen(args, settings)]
     busy = [s.name for s in services if clear_stale_pidfile(s).running]
     if busy:
         raise ManagerError(f"{', '.join(busy)} already running in the background; 'stop' it first")
@@ -197,7 +202,7 @@ def _stats_row(name: str, pid: int | None, note: str) -> list[str]:
 
 
 def cmd_status(settings: Settings, args) -> int:
-    names = SERVICES if args.service == "all" else (args.service,)
+    names = _all_services(settings) if args.service == "all" else (args.service,)
     rows, running = _service_rows(settings, list(names))
     print(table(["service", "state", "pid", "uptime", "cpu", "memory", ""], rows))
     print()
@@ -415,9 +420,10 @@ def cmd_run(settings: Settings, args) -> int:
 # -- parser ----------------------------------------------------------------------------------
 
 
-def _add_service(parser, default="beat", choices=("beat", "worker", "flower", "all")):
+def _add_service(parser, default="beat", choices=("beat", "worker", "flower", "simulator", "all")):
     parser.add_argument("--service", choices=choices, default=default,
-                        help=f"which service (default: {default}); all = broker + worker + beat + flower")
+                        help=f"which service (default: {default}); all = broker + carrier simulator "
+                             "(TRACKING_PROVIDER=simulator) + worker + beat + flower")
 
 
 def _add_loglevel(parser):
@@ -473,7 +479,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_service(status)
 
     logs = command("logs", cmd_logs, "查看日志 / show a service's log")
-    _add_service(logs, choices=("beat", "worker", "flower"))
+    _add_service(logs, choices=("beat", "worker", "flower", "simulator"))
     logs.add_argument("--lines", "-n", type=int, default=50, help="how many last lines (default 50)")
     logs.add_argument("--follow", "-f", action="store_true", help="keep printing new lines until Ctrl-C")
 

@@ -17,7 +17,7 @@ from app.core.config import PROJECT_ROOT, Settings
 from app.tasks.queues import Queue
 
 CELERY_APP = "app.tasks.celery_app"
-SERVICES = ("worker", "beat", "flower")
+SERVICES = ("simulator", "worker", "beat", "flower")
 READY_TIMEOUT = 90.0
 BEAT_STOP_TIMEOUT = 30.0
 FLOWER_STOP_TIMEOUT = 10.0
@@ -38,6 +38,7 @@ class ServiceProcess:
     console: Path  # stdout/stderr of a detached process: banners, and errors before logging starts
     is_ready: Callable[[str], bool]  # given the log text written since start
     stop_timeout: float
+    marker: tuple[str, ...]  # words of its command line that tell it from any other process
 
 
 @dataclass(frozen=True)
@@ -84,14 +85,14 @@ def flower_credentials(settings: Settings) -> str:
 
 def service_process(settings: Settings, name: str, loglevel: str = "info",
                     queues: list[str] | None = None, concurrency: int | None = None) -> ServiceProcess:
-    """The process definition of `name` ('beat', 'worker' or 'flower')."""
+    """The process definition of `name` ('beat', 'worker', 'flower' or 'simulator')."""
     run, logs = settings.run_path, settings.logs_path
     if name == "beat":
         logfile = logs / "celerybeat.log"
         return ServiceProcess(
             "beat", _celery("beat", "--loglevel", loglevel, "--logfile", str(logfile)),
             run / "celerybeat.pid", logfile, run / "beat.console", _log_says("schedule table synced"),
-            BEAT_STOP_TIMEOUT)
+            BEAT_STOP_TIMEOUT, (CELERY_APP, "beat"))
     if name == "worker":
         logfile = logs / "celery_worker.log"
         argv = _celery("worker", "--queues", ",".join(queues or [q.value for q in Queue]),
@@ -99,14 +100,19 @@ def service_process(settings: Settings, name: str, loglevel: str = "info",
         if concurrency:
             argv += ["--concurrency", str(concurrency)]
         return ServiceProcess("worker", argv, run / "celery_worker.pid", logfile, run / "worker.console",
-                              _log_says(" ready."), WORKER_STOP_TIMEOUT)
+                              _log_says(" ready."), WORKER_STOP_TIMEOUT, (CELERY_APP, "worker"))
     if name == "flower":
         logfile = logs / "flower.log"
         argv = _celery("flower", f"--address={settings.flower_address}", f"--port={settings.flower_port}",
                        f"--basic-auth={flower_credentials(settings)}", f"--logging={loglevel}",
                        f"--log-file-prefix={logfile}")
         return ServiceProcess("flower", argv, run / "flower.pid", logfile, run / "flower.console",
-                              _port_open(settings.flower_port), FLOWER_STOP_TIMEOUT)
+                              _port_open(settings.flower_port), FLOWER_STOP_TIMEOUT, (CELERY_APP, "flower"))
+    if name == "simulator":
+        logfile = logs / "simulator.log"
+        argv = [sys.executable, "-m", "app", "simulator", "--port", str(settings.simulator_port)]
+        return ServiceProcess("simulator", argv, run / "simulator.pid", logfile, logfile,
+                              _port_open(settings.simulator_port), FLOWER_STOP_TIMEOUT, ("app", "simulator"))
     raise ValueError(f"unknown service {name!r}")
 
 
@@ -117,7 +123,7 @@ def _is_ours(process: psutil.Process, service: ServiceProcess) -> bool:
         cwd = process.cwd()
     except psutil.Error:
         return False
-    return CELERY_APP in cmdline and service.name in cmdline and cwd == str(PROJECT_ROOT)
+    return all(word in cmdline for word in service.marker) and cwd == str(PROJECT_ROOT)
 
 
 def pid_state(service: ServiceProcess) -> PidState:

@@ -4,9 +4,9 @@ import hashlib
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 
-from sqlalchemy import or_, select
+from sqlalchemy import or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -158,3 +158,28 @@ def poll_deliveries(factory: sessionmaker, client: CarrierClient, limiter: RateL
     if summary.config_errors:
         log.error("carrier account problem: %d polls refused (%s)", summary.config_errors, summary.error_samples[0])
     return summary
+
+
+def chunked(ids: list[int], size: int) -> list[list[int]]:
+    return [ids[i:i + size] for i in range(0, len(ids), size)]
+
+
+def claim_due_deliveries(session: Session, now: datetime, limit: int, lease: timedelta) -> list[int]:
+    """Due deliveries, leased for `lease` so the next run does not send them again while in flight.
+
+    The poll sets the real next poll time; a lost chunk's deliveries come due again when the
+    lease ends.
+    """
+    ids = due_delivery_ids(session, now, limit)
+    for chunk in chunked(ids, 1000):
+        session.execute(update(Delivery).where(Delivery.id.in_(chunk)).values(next_poll_at=now + lease))
+    return ids
+
+
+def mark_overdue_deliveries(session: Session, today: date) -> int:
+    """Active deliveries past their deadline become `timeout`; how many (one UPDATE, no rows loaded)."""
+    result = session.execute(update(Delivery)
+                             .where(Delivery.status.in_(ACTIVE_STATUSES), Delivery.deadline.is_not(None),
+                                    Delivery.deadline < today)
+                             .values(status=DeliveryStatus.TIMEOUT, next_poll_at=None))
+    return result.rowcount

@@ -20,6 +20,17 @@ BEAT_SCHEDULE = {
         "schedule": crontab(minute="*/5"),
         "options": {"queue": Queue.HIGH_PRIORITY, "expire_seconds": 5 * MINUTE},
     },
+    # Polls only deliveries whose own poll interval has passed; the cadence bounds the lag.
+    "update-tracking-status": {
+        "task": "app.tasks.tracking_tasks.update_tracking_status",
+        "schedule": crontab(minute="*/10"),
+        "options": {"queue": Queue.TRACKING, "expire_seconds": 10 * MINUTE},
+    },
+    "check-timeout-tasks": {
+        "task": "app.tasks.tracking_tasks.check_timeout_tasks",
+        "schedule": crontab(minute="*/30"),
+        "options": {"queue": Queue.TRACKING, "expire_seconds": 30 * MINUTE},
+    },
     # 文件清理类 (file cleanup)
     "cleanup-temp-files": {
         "task": "app.tasks.file_tasks.cleanup_temp_files",

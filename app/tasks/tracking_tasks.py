@@ -1,13 +1,29 @@
-"""Monitoring tasks of the tracking family (the seed routes the health check here)."""
+"""Monitoring and tracking tasks (the seed routes the health check here too)."""
 
+import logging
+from datetime import datetime, timedelta
+from functools import lru_cache
+from zoneinfo import ZoneInfo
+
+from celery import group
 from sqlalchemy import text
 
 from app.core.broker import redis_client
-from app.core.config import get_settings
-from app.core.database import engine
+from app.core.config import TIMEZONE, get_settings
+from app.core.database import SessionFactory, engine, session_scope
+from app.models.base import utcnow
+from app.services.carriers.kuaidi100 import Kuaidi100Client
 from app.services.health import HealthThresholds, check_system_health
-from app.tasks.celery_app import app
-from app.tasks.policies import CRITICAL_POLICY
+from app.services.ratelimit import RateLimiter
+from app.services.tracking import chunked, claim_due_deliveries, mark_overdue_deliveries, poll_deliveries
+from app.tasks.celery_app import SOFT_TIME_LIMIT, app
+from app.tasks.policies import CRITICAL_POLICY, DEFAULT_POLICY
+
+log = logging.getLogger(__name__)
+
+MAX_DUE_PER_RUN = 50_000
+# A chunk not polled within this time (its worker died, say) comes due again.
+POLL_LEASE = timedelta(seconds=2 * SOFT_TIME_LIMIT)
 
 
 def _ping_database() -> None:
@@ -17,6 +33,21 @@ def _ping_database() -> None:
 
 def _ping_broker() -> None:
     redis_client(get_settings().broker_url, socket_timeout=5, socket_connect_timeout=5).ping()
+
+
+@lru_cache(maxsize=1)
+def carrier_client() -> Kuaidi100Client:
+    """One pooled client per worker process."""
+    settings = get_settings()
+    customer, key = settings.carrier_account
+    return Kuaidi100Client(customer, key, settings.carrier_url, timeout=settings.tracking_timeout)
+
+
+@lru_cache(maxsize=1)
+def carrier_rate_limit() -> RateLimiter:
+    """The carrier's QPS, shared by every worker through the broker's Redis."""
+    settings = get_settings()
+    return RateLimiter(redis_client(settings.broker_url), "kuaidi100", settings.kuaidi100_rate_limit)
 
 
 @app.task(**CRITICAL_POLICY)
@@ -35,3 +66,36 @@ def system_health_check() -> dict:
         ),
     )
     return report.as_dict()
+
+
+@app.task(**DEFAULT_POLICY)
+def update_tracking_status() -> dict:
+    """Claim every due delivery and spread them over the workers in chunks."""
+    settings = get_settings()
+    with session_scope() as session:
+        ids = claim_due_deliveries(session, utcnow(), MAX_DUE_PER_RUN, POLL_LEASE)
+    # Sent only now that the claim is committed: a worker never sees an unclaimed chunk.
+    chunks = chunked(ids, settings.tracking_chunk_size)
+    if chunks:
+        group(poll_tracking_chunk.s(chunk) for chunk in chunks).apply_async()
+    return {"due": len(ids), "chunks": len(chunks)}
+
+
+@app.task(**DEFAULT_POLICY)
+def poll_tracking_chunk(delivery_ids: list[int]) -> dict:
+    """Poll one chunk of deliveries concurrently; a carrier error backs off only its delivery."""
+    settings = get_settings()
+    summary = poll_deliveries(SessionFactory, carrier_client(), carrier_rate_limit(), delivery_ids,
+                              timedelta(minutes=settings.tracking_poll_interval), settings.tracking_concurrency)
+    return summary.as_dict()
+
+
+@app.task(**DEFAULT_POLICY)
+def check_timeout_tasks() -> dict:
+    """Deliveries past their deadline without delivery become `timeout`."""
+    today = datetime.now(ZoneInfo(TIMEZONE)).date()
+    with session_scope() as session:
+        timed_out = mark_overdue_deliveries(session, today)
+    if timed_out:
+        log.warning("%d deliveries passed their deadline undelivered", timed_out)
+    return {"timed_out": timed_out}

@@ -14,7 +14,14 @@ from app.services.carriers.base import CarrierEvent, TrackingResult
 from app.services.carriers.kuaidi100 import Kuaidi100Client
 from app.services.carriers.simulator import CarrierSimulator, SimulatorServer
 from app.services.ratelimit import RateLimiter
-from app.services.tracking import STATE_STATUS, apply_result, due_delivery_ids, poll_deliveries
+from app.services.tracking import (
+    STATE_STATUS,
+    apply_result,
+    claim_due_deliveries,
+    due_delivery_ids,
+    mark_overdue_deliveries,
+    poll_deliveries,
+)
 
 CUSTOMER, KEY = "C1", "K1"
 INTERVAL = timedelta(minutes=30)
@@ -128,3 +135,23 @@ def test_never_polled_is_due_at_once_then_after_the_interval(factory, carrier, l
     with factory() as session:
         assert due_delivery_ids(session, utcnow(), 10) == []
         assert due_delivery_ids(session, utcnow() + INTERVAL + timedelta(seconds=1), 10) == [delivery_id]
+
+
+def test_claimed_deliveries_are_not_due_again_until_the_lease_ends(factory):
+    ids = add_deliveries(factory, "EM0007", "EM0008")
+    now = utcnow()
+    lease = timedelta(minutes=10)
+    with factory() as session:
+        assert sorted(claim_due_deliveries(session, now, 100, lease)) == sorted(ids)
+        session.commit()
+    with factory() as session:
+        assert claim_due_deliveries(session, now + timedelta(minutes=5), 100, lease) == [], "in flight"
+        assert sorted(due_delivery_ids(session, now + lease + timedelta(seconds=1), 100)) == sorted(ids)
+
+
+def test_overdue_deliveries_time_out_in_one_statement(factory):
+    add_deliveries(factory, "EM0009")
+    with factory() as session:
+        assert mark_overdue_deliveries(session, date(2027, 1, 1)) == 1
+        session.commit()
+    assert statuses(factory)["EM0009"] == "timeout"

@@ -1,0 +1,65 @@
+"""The tracking jobs through a real worker, against the simulator over HTTP, on the embedded default."""
+
+import time
+from datetime import date, timedelta
+
+import pytest
+from sqlalchemy import delete, select
+
+from app.core.database import session_scope
+from app.models import Delivery, TrackingEvent
+
+RESULT_TIMEOUT = 60
+
+
+@pytest.fixture
+def deliveries(django_db, carrier_simulator):
+    def add(*numbers, deadline=date(2099, 12, 31)):
+        with session_scope() as session:
+            rows = [Delivery(reference=f"CASE-{n}", recipient_name="张三", phone="13800138000", address="北京市",
+                             carrier="ems", tracking_number=n, deadline=deadline) for n in numbers]
+            session.add_all(rows)
+        return [row.id for row in rows]
+
+    yield add
+    with session_scope() as session:
+        session.execute(delete(TrackingEvent))
+        session.execute(delete(Delivery))
+
+
+def statuses() -> dict[str, str]:
+    with session_scope() as session:
+        return {d.tracking_number: d.status for d in session.scalars(select(Delivery))}
+
+
+def wait_until(condition, timeout=30):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.1)
+
+
+def run_update(celery_app):
+    return celery_app.send_task("app.tasks.tracking_tasks.update_tracking_status").get(timeout=RESULT_TIMEOUT)
+
+
+def test_deliveries_progress_to_delivered_run_by_run(worker, celery_app, deliveries):
+    numbers = [f"EMT{i:05d}" for i in range(7)]
+    deliveries(*numbers)
+    expected = ["in_transit", "in_transit", "in_transit", "out_for_delivery", "delivered"]
+    for step, status in enumerate(expected):
+        summary = run_update(celery_app)
+        assert summary["due"] == len(numbers)
+        wait_until(lambda status=status: set(statuses().values()) == {status})
+    assert run_update(celery_app) == {"due": 0, "chunks": 0}, "delivered parcels are not polled"
+    with session_scope() as session:
+        events = session.scalars(select(TrackingEvent)).all()
+    assert len(events) == 5 * len(numbers), "every event stored exactly once"
+
+
+def test_check_timeout_tasks_marks_overdue_deliveries(worker, celery_app, deliveries):
+    deliveries("EMLATE001", deadline=date.today() - timedelta(days=2))
+    deliveries("EMONTIME1")
+    result = celery_app.send_task("app.tasks.tracking_tasks.check_timeout_tasks").get(timeout=RESULT_TIMEOUT)
+    assert result == {"timed_out": 1}
+    assert statuses() == {"EMLATE001": "timeout", "EMONTIME1": "pending"}
