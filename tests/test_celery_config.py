@@ -23,6 +23,8 @@ REGISTERED_TASKS = [
     "app.tasks.file_tasks.cleanup_expired_results",
     "app.tasks.file_tasks.cleanup_logs",
     "app.tasks.file_tasks.cleanup_temp_files",
+    "app.tasks.maintenance_tasks.archive_old_data",
+    "app.tasks.maintenance_tasks.cleanup_expired_tasks",
     "app.tasks.tracking_tasks.check_timeout_tasks",
     "app.tasks.tracking_tasks.poll_tracking_chunk",
     "app.tasks.tracking_tasks.system_health_check",
@@ -87,6 +89,7 @@ def test_the_five_queues_are_declared():
         ("app.tasks.file_tasks.check_disk_space", "high_priority"),
         ("app.tasks.receipt_tasks.generate_receipt", "receipt"),
         ("app.tasks.screenshot_tasks.capture_tracking_page", "screenshot"),
+        ("app.tasks.maintenance_tasks.archive_old_data", "low_priority"),
     ],
 )
 def test_routes_follow_the_seed(task_name, queue):
@@ -117,7 +120,8 @@ def test_schedule_names_are_kebab_case():
 
 def test_seed_jobs_of_this_stage_are_scheduled():
     assert {"system-health-check", "check-disk-space", "cleanup-temp-files", "cleanup-expired-results",
-            "cleanup-logs", "update-tracking-status", "check-timeout-tasks"} <= set(BEAT_SCHEDULE)
+            "cleanup-logs", "update-tracking-status", "check-timeout-tasks", "cleanup-expired-tasks",
+            "archive-old-data"} <= set(BEAT_SCHEDULE)
 
 
 @pytest.mark.parametrize(("policy", "retries", "base"), [("default", 3, 60), ("critical", 5, 30)])

@@ -63,3 +63,25 @@ def test_check_timeout_tasks_marks_overdue_deliveries(worker, celery_app, delive
     result = celery_app.send_task("app.tasks.tracking_tasks.check_timeout_tasks").get(timeout=RESULT_TIMEOUT)
     assert result == {"timed_out": 1}
     assert statuses() == {"EMLATE001": "timeout", "EMONTIME1": "pending"}
+
+
+def test_archive_and_retention_jobs_run_on_the_worker(worker, celery_app, deliveries):
+    from app.models import ArchivedDelivery
+    from app.models.base import utcnow
+
+    [old_id] = deliveries("EMOLD0001")
+    [failed_id] = deliveries("EMFAIL001")
+    long_ago = utcnow() - timedelta(days=400)
+    with session_scope() as session:
+        old = session.get(Delivery, old_id)
+        old.status, old.delivered_at = "delivered", long_ago
+        failed = session.get(Delivery, failed_id)
+        failed.status, failed.updated_at = "failed", long_ago
+    archived = celery_app.send_task("app.tasks.maintenance_tasks.archive_old_data").get(timeout=RESULT_TIMEOUT)
+    removed = celery_app.send_task("app.tasks.maintenance_tasks.cleanup_expired_tasks").get(timeout=RESULT_TIMEOUT)
+    assert archived == {"deliveries": 1, "events": 0, "batches": 1}
+    assert removed["deliveries_removed"] == 1
+    assert statuses() == {}
+    with session_scope() as session:
+        assert session.get(ArchivedDelivery, old_id).tracking_number == "EMOLD0001"
+        session.execute(delete(ArchivedDelivery))

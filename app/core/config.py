@@ -72,6 +72,9 @@ class Settings(BaseSettings):
     tracking_timeout: float = Field(10.0, gt=0)
     tracking_chunk_size: int = Field(100, ge=1)  # deliveries per poll task
     tracking_concurrency: int = Field(8, ge=1)  # concurrent polls inside one task
+    archive_after_days: int = Field(180, ge=1)  # delivered records older than this move to the archive
+    failed_retention_days: int = Field(90, ge=1)  # failed/timed-out deliveries are removed after this
+    job_run_retention_days: int = Field(90, ge=1)
     simulator_port: int = Field(8765, ge=1, le=65535)
     simulator_latency_ms: float = Field(50.0, ge=0)
     simulator_error_rate: float = Field(0.0, ge=0, le=1)

@@ -48,10 +48,22 @@ BEAT_SCHEDULE = {
         "schedule": crontab(minute=20),
         "options": {"queue": Queue.HIGH_PRIORITY, "expire_seconds": HOUR},
     },
+    # 每日任务 (daily): the small hours, after the day's reports and backups.
+    "cleanup-expired-tasks": {
+        "task": "app.tasks.maintenance_tasks.cleanup_expired_tasks",
+        "schedule": crontab(minute=0, hour=4),
+        "options": {"queue": Queue.LOW_PRIORITY, "expire_seconds": DAY},
+    },
     # 每周任务 (weekly): Sunday night, the quietest hour of the week.
     "cleanup-logs": {
         "task": "app.tasks.file_tasks.cleanup_logs",
         "schedule": crontab(minute=30, hour=3, day_of_week="sun"),
+        "options": {"queue": Queue.LOW_PRIORITY, "expire_seconds": DAY},
+    },
+    # 每月任务 (monthly): the 1st, after cleanup-expired-tasks has run.
+    "archive-old-data": {
+        "task": "app.tasks.maintenance_tasks.archive_old_data",
+        "schedule": crontab(minute=30, hour=4, day_of_month=1),
         "options": {"queue": Queue.LOW_PRIORITY, "expire_seconds": DAY},
     },
 }

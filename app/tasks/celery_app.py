@@ -34,9 +34,10 @@ TASK_ROUTES = {
     "app.tasks.tracking_tasks.*": {"queue": Queue.TRACKING},
     "app.tasks.receipt_tasks.*": {"queue": Queue.RECEIPT},
     "app.tasks.screenshot_tasks.*": {"queue": Queue.SCREENSHOT},
+    "app.tasks.maintenance_tasks.*": {"queue": Queue.LOW_PRIORITY},
 }
 
-TASK_MODULES = ["app.tasks.tracking_tasks", "app.tasks.file_tasks"]
+TASK_MODULES = ["app.tasks.tracking_tasks", "app.tasks.file_tasks", "app.tasks.maintenance_tasks"]
 
 
 def celery_config(settings: Settings) -> dict:
