@@ -122,19 +122,27 @@ def poll_one(factory: sessionmaker, client: CarrierClient, limiter: RateLimiter,
 
 
 def _poll_once(factory, client, limiter, delivery_id, poll_interval) -> tuple[str, int, str | None]:
+    # No transaction (nor pooled connection) is held while the carrier answers.
+    with session_scope(factory) as session:
+        delivery = session.get(Delivery, delivery_id)
+        if delivery is None or delivery.status in TERMINAL_STATUSES:
+            return "skipped", 0, None
+        carrier, number, phone = delivery.carrier, delivery.tracking_number, delivery.phone
+    limiter.acquire()
+    now = utcnow()
+    try:
+        result, error = client.query(carrier, number, phone), None
+    except CarrierError as failure:
+        result, error = None, failure
     with session_scope(factory) as session:
         delivery = session.get(Delivery, delivery_id, with_for_update=True)
         if delivery is None or delivery.status in TERMINAL_STATUSES:
             return "skipped", 0, None
-        limiter.acquire()
-        now = utcnow()
-        try:
-            result = client.query(delivery.carrier, delivery.tracking_number, delivery.phone)
-        except CarrierError as error:
+        if error is not None:
             record_failure(delivery, error, now)
             kind = ("config_error" if isinstance(error, CarrierConfigError)
                     else "failed" if delivery.status == DeliveryStatus.FAILED else "error")
-            return kind, 0, f"{delivery.tracking_number}: {error}"
+            return kind, 0, f"{number}: {error}"
         added = apply_result(session, delivery, result, now, poll_interval)
         return ("delivered" if delivery.status == DeliveryStatus.DELIVERED else "polled"), added, None
 
