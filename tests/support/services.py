@@ -23,10 +23,12 @@ def redis_test_url() -> str:
 
 
 def postgres_database(name: str):
-    """Create database `name` afresh on the PostgreSQL of TEST_POSTGRES_ADMIN_URL; drop it after."""
+    """Create database `name` (suffixed with this process's id) afresh on TEST_POSTGRES_ADMIN_URL's
+    server; drop it after. The suffix keeps two test runs on one machine out of each other's way."""
     import psycopg2
     from psycopg2 import sql
 
+    name = f"{name}_{os.getpid()}"
     admin_url = os.environ.get("TEST_POSTGRES_ADMIN_URL", DEFAULT_POSTGRES_ADMIN_URL)
     try:
         admin = psycopg2.connect(admin_url, connect_timeout=3)
