@@ -25,6 +25,7 @@ REGISTERED_TASKS = [
     "app.tasks.file_tasks.cleanup_temp_files",
     "app.tasks.maintenance_tasks.archive_old_data",
     "app.tasks.maintenance_tasks.cleanup_expired_tasks",
+    "app.tasks.tracking_tasks.check_pending_tasks",
     "app.tasks.tracking_tasks.check_timeout_tasks",
     "app.tasks.tracking_tasks.poll_tracking_chunk",
     "app.tasks.tracking_tasks.system_health_check",
@@ -120,7 +121,7 @@ def test_schedule_names_are_kebab_case():
 
 def test_seed_jobs_of_this_stage_are_scheduled():
     assert {"system-health-check", "check-disk-space", "cleanup-temp-files", "cleanup-expired-results",
-            "cleanup-logs", "update-tracking-status", "check-timeout-tasks", "cleanup-expired-tasks",
+            "cleanup-logs", "check-pending-tasks", "update-tracking-status", "check-timeout-tasks", "cleanup-expired-tasks",
             "archive-old-data"} <= set(BEAT_SCHEDULE)
 
 

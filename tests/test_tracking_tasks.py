@@ -57,6 +57,15 @@ def test_deliveries_progress_to_delivered_run_by_run(worker, celery_app, deliver
     assert len(events) == 5 * len(numbers), "every event stored exactly once"
 
 
+def test_check_pending_tasks_polls_new_deliveries_once(worker, celery_app, deliveries):
+    deliveries("EMNEW0001", "EMNEW0002")
+    sent = celery_app.send_task("app.tasks.tracking_tasks.check_pending_tasks").get(timeout=RESULT_TIMEOUT)
+    assert sent == {"pending": 2, "chunks": 1}
+    wait_until(lambda: set(statuses().values()) == {"in_transit"})
+    again = celery_app.send_task("app.tasks.tracking_tasks.check_pending_tasks").get(timeout=RESULT_TIMEOUT)
+    assert again == {"pending": 0, "chunks": 0}, "polled deliveries are update-tracking-status's until overdue"
+
+
 def test_check_timeout_tasks_marks_overdue_deliveries(worker, celery_app, deliveries):
     deliveries("EMLATE001", deadline=date.today() - timedelta(days=2))
     deliveries("EMONTIME1")

@@ -172,16 +172,29 @@ def chunked(ids: list[int], size: int) -> list[list[int]]:
     return [ids[i:i + size] for i in range(0, len(ids), size)]
 
 
-def claim_due_deliveries(session: Session, now: datetime, limit: int, lease: timedelta) -> list[int]:
-    """Due deliveries, leased for `lease` so the next run does not send them again while in flight.
+def pending_delivery_ids(session: Session, now: datetime, limit: int, overdue_after: timedelta) -> list[int]:
+    """Active deliveries that need work now: never polled, or a poll overdue by `overdue_after`."""
+    never_polled = Delivery.last_polled_at.is_(None) & or_(Delivery.next_poll_at.is_(None), Delivery.next_poll_at <= now)
+    query = (select(Delivery.id)
+             .where(Delivery.status.in_(ACTIVE_STATUSES), or_(never_polled, Delivery.next_poll_at <= now - overdue_after))
+             .order_by(Delivery.id).limit(limit))
+    return list(session.scalars(query))
+
+
+def claim(session: Session, ids: list[int], now: datetime, lease: timedelta) -> list[int]:
+    """Lease `ids` so no run sends them again while in flight.
 
     The poll sets the real next poll time; a lost chunk's deliveries come due again when the
     lease ends.
     """
-    ids = due_delivery_ids(session, now, limit)
     for chunk in chunked(ids, 1000):
         session.execute(update(Delivery).where(Delivery.id.in_(chunk)).values(next_poll_at=now + lease))
     return ids
+
+
+def claim_due_deliveries(session: Session, now: datetime, limit: int, lease: timedelta) -> list[int]:
+    """Every due delivery, leased."""
+    return claim(session, due_delivery_ids(session, now, limit), now, lease)
 
 
 def mark_overdue_deliveries(session: Session, today: date) -> int:

@@ -20,6 +20,12 @@ BEAT_SCHEDULE = {
         "schedule": crontab(minute="*/5"),
         "options": {"queue": Queue.HIGH_PRIORITY, "expire_seconds": 5 * MINUTE},
     },
+    # A new delivery gets its first poll within minutes instead of waiting for the next sweep.
+    "check-pending-tasks": {
+        "task": "app.tasks.tracking_tasks.check_pending_tasks",
+        "schedule": crontab(minute="*/5"),
+        "options": {"queue": Queue.HIGH_PRIORITY, "expire_seconds": 5 * MINUTE},
+    },
     # Polls only deliveries whose own poll interval has passed; the cadence bounds the lag.
     "update-tracking-status": {
         "task": "app.tasks.tracking_tasks.update_tracking_status",

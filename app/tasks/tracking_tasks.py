@@ -15,7 +15,14 @@ from app.models.base import utcnow
 from app.services.carriers.kuaidi100 import Kuaidi100Client
 from app.services.health import HealthThresholds, check_system_health
 from app.services.ratelimit import RateLimiter
-from app.services.tracking import chunked, claim_due_deliveries, mark_overdue_deliveries, poll_deliveries
+from app.services.tracking import (
+    chunked,
+    claim,
+    claim_due_deliveries,
+    mark_overdue_deliveries,
+    pending_delivery_ids,
+    poll_deliveries,
+)
 from app.tasks.celery_app import SOFT_TIME_LIMIT, app
 from app.tasks.policies import CRITICAL_POLICY, DEFAULT_POLICY
 
@@ -24,6 +31,8 @@ log = logging.getLogger(__name__)
 MAX_DUE_PER_RUN = 50_000
 # A chunk not polled within this time (its worker died, say) comes due again.
 POLL_LEASE = timedelta(seconds=2 * SOFT_TIME_LIMIT)
+# A poll this late means update-tracking-status is not keeping up; check-pending-tasks steps in.
+OVERDUE_AFTER = timedelta(hours=1)
 
 
 def _ping_database() -> None:
@@ -68,17 +77,29 @@ def system_health_check() -> dict:
     return report.as_dict()
 
 
+def _send_chunks(ids: list[int]) -> int:
+    """Spread claimed deliveries over the workers; called only once the claim is committed."""
+    chunks = chunked(ids, get_settings().tracking_chunk_size)
+    if chunks:
+        group(poll_tracking_chunk.s(chunk) for chunk in chunks).apply_async()
+    return len(chunks)
+
+
+@app.task(**CRITICAL_POLICY)
+def check_pending_tasks() -> dict:
+    """Send work for deliveries that need it now: never polled, or a poll overdue by an hour."""
+    now = utcnow()
+    with session_scope() as session:
+        ids = claim(session, pending_delivery_ids(session, now, MAX_DUE_PER_RUN, OVERDUE_AFTER), now, POLL_LEASE)
+    return {"pending": len(ids), "chunks": _send_chunks(ids)}
+
+
 @app.task(**DEFAULT_POLICY)
 def update_tracking_status() -> dict:
     """Claim every due delivery and spread them over the workers in chunks."""
-    settings = get_settings()
     with session_scope() as session:
         ids = claim_due_deliveries(session, utcnow(), MAX_DUE_PER_RUN, POLL_LEASE)
-    # Sent only now that the claim is committed: a worker never sees an unclaimed chunk.
-    chunks = chunked(ids, settings.tracking_chunk_size)
-    if chunks:
-        group(poll_tracking_chunk.s(chunk) for chunk in chunks).apply_async()
-    return {"due": len(ids), "chunks": len(chunks)}
+    return {"due": len(ids), "chunks": _send_chunks(ids)}
 
 
 @app.task(**DEFAULT_POLICY)

@@ -17,9 +17,11 @@ from app.services.ratelimit import RateLimiter
 from app.services.tracking import (
     STATE_STATUS,
     apply_result,
+    claim,
     claim_due_deliveries,
     due_delivery_ids,
     mark_overdue_deliveries,
+    pending_delivery_ids,
     poll_deliveries,
 )
 
@@ -155,3 +157,18 @@ def test_overdue_deliveries_time_out_in_one_statement(factory):
         assert mark_overdue_deliveries(session, date(2027, 1, 1)) == 1
         session.commit()
     assert statuses(factory)["EM0009"] == "timeout"
+
+
+def test_pending_means_never_polled_or_an_hour_overdue(factory, carrier, limiter):
+    _, client = carrier
+    new, polled = add_deliveries(factory, "EM0010", "EM0011")
+    poll_deliveries(factory, client, limiter, [polled], INTERVAL)
+    now = utcnow()
+    hour = timedelta(hours=1)
+    with factory() as session:
+        assert pending_delivery_ids(session, now, 10, hour) == [new]
+        assert pending_delivery_ids(session, now + INTERVAL + hour + timedelta(minutes=1), 10, hour) == [new, polled]
+        claim(session, [new], now, timedelta(minutes=10))
+        session.commit()
+    with factory() as session:
+        assert pending_delivery_ids(session, now, 10, hour) == [], "a claimed delivery is not sent again"
