@@ -70,7 +70,7 @@ def test_check_timeout_tasks_marks_overdue_deliveries(worker, celery_app, delive
     deliveries("EMLATE001", deadline=date.today() - timedelta(days=2))
     deliveries("EMONTIME1")
     result = celery_app.send_task("app.tasks.tracking_tasks.check_timeout_tasks").get(timeout=RESULT_TIMEOUT)
-    assert result == {"timed_out": 1}
+    assert result == {"timed_out": 1, "lost_runs": 0}
     assert statuses() == {"EMLATE001": "timeout", "EMONTIME1": "pending"}
 
 
@@ -94,3 +94,24 @@ def test_archive_and_retention_jobs_run_on_the_worker(worker, celery_app, delive
     with session_scope() as session:
         assert session.get(ArchivedDelivery, old_id).tracking_number == "EMOLD0001"
         session.execute(delete(ArchivedDelivery))
+
+
+def test_periodic_runs_are_recorded_and_stuck_ones_marked_lost(worker, celery_app, django_db):
+    from app.models import JobRun
+    from app.models.base import utcnow
+
+    periodic = celery_app.send_task("app.tasks.file_tasks.check_disk_space",
+                                     headers={"periodic_task_name": "check-disk-space"})
+    periodic.get(timeout=RESULT_TIMEOUT)
+    by_hand = celery_app.send_task("app.tasks.file_tasks.check_disk_space")
+    by_hand.get(timeout=RESULT_TIMEOUT)
+    with session_scope() as session:
+        runs = session.scalars(select(JobRun).where(JobRun.task_id.in_([periodic.id, by_hand.id]))).all()
+        assert [(r.name, r.task_id, r.outcome) for r in runs] == [("check-disk-space", periodic.id, "success")]
+        assert runs[0].finished_at >= runs[0].started_at and '"volumes"' in runs[0].summary
+        session.add(JobRun(name="stuck-job", task_id="stuck", started_at=utcnow() - timedelta(hours=2)))
+    result = celery_app.send_task("app.tasks.tracking_tasks.check_timeout_tasks").get(timeout=RESULT_TIMEOUT)
+    assert result["lost_runs"] == 1
+    with session_scope() as session:
+        assert session.scalar(select(JobRun.outcome).where(JobRun.task_id == "stuck")) == "lost"
+        session.execute(delete(JobRun))

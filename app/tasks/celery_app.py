@@ -1,5 +1,6 @@
 """The Celery application: configuration from the typed settings, queues, routes, signal hooks."""
 
+import logging
 import os
 import time
 from collections import deque
@@ -12,12 +13,17 @@ django.setup()
 from celery import Celery, signals, states  # noqa: E402
 from celery.exceptions import TimeLimitExceeded  # noqa: E402
 from kombu import Exchange, Queue as KombuQueue  # noqa: E402
+from sqlalchemy.exc import SQLAlchemyError  # noqa: E402
 
 from app.core.config import TIMEZONE, Settings, get_settings  # noqa: E402
 from app.core.logging import task_result_record, write_task_result  # noqa: E402
+from app.core.database import SessionFactory  # noqa: E402
 from app.core.migrations import migrate_all  # noqa: E402
+from app.services.job_runs import finish_run, start_run  # noqa: E402
 from app.tasks.policies import RETRY_BACKOFF_MAX  # noqa: E402
 from app.tasks.queues import Queue  # noqa: E402
+
+log = logging.getLogger(__name__)
 
 SOFT_TIME_LIMIT = 300
 HARD_TIME_LIMIT = 600
@@ -97,8 +103,24 @@ def _migrate_before_consuming(**_):
 
 
 @signals.task_prerun.connect
-def _remember_start(task_id=None, **_):
+def _remember_start(task_id=None, task=None, **_):
     _started[task_id] = time.monotonic()
+    job = _periodic_job_name(task)
+    if job:
+        _record_run(start_run, job, task_id)
+
+
+def _periodic_job_name(task) -> str | None:
+    # django-celery-beat puts the schedule entry's name in this header of every message it sends.
+    return getattr(task.request, "periodic_task_name", None) if task else None
+
+
+def _record_run(record, *args) -> None:
+    """Keep the run history; a database hiccup here must not fail the task itself."""
+    try:
+        record(SessionFactory, *args)
+    except SQLAlchemyError as error:
+        log.warning("job run history not written: %s", error)
 
 
 @signals.task_postrun.connect
@@ -106,6 +128,8 @@ def _log_finished_task(task_id=None, task=None, retval=None, state=None, **_):
     started = _started.pop(task_id, None)
     if state not in FINISHED_STATES:  # a retry, or a child dying at its hard limit
         return
+    if _periodic_job_name(task):
+        _record_run(finish_run, task_id, "success" if state == states.SUCCESS else state.lower(), retval)
     record = task_result_record(
         task_id=task_id,
         name=task.name,

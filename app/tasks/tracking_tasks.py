@@ -14,6 +14,7 @@ from app.core.database import SessionFactory, engine, session_scope
 from app.models.base import utcnow
 from app.services.carriers.kuaidi100 import Kuaidi100Client
 from app.services.health import HealthThresholds, check_system_health
+from app.services.job_runs import mark_lost_runs
 from app.services.ratelimit import RateLimiter
 from app.services.tracking import (
     chunked,
@@ -23,7 +24,7 @@ from app.services.tracking import (
     pending_delivery_ids,
     poll_deliveries,
 )
-from app.tasks.celery_app import SOFT_TIME_LIMIT, app
+from app.tasks.celery_app import HARD_TIME_LIMIT, SOFT_TIME_LIMIT, app
 from app.tasks.policies import CRITICAL_POLICY, DEFAULT_POLICY
 
 log = logging.getLogger(__name__)
@@ -113,10 +114,13 @@ def poll_tracking_chunk(delivery_ids: list[int]) -> dict:
 
 @app.task(**DEFAULT_POLICY)
 def check_timeout_tasks() -> dict:
-    """Deliveries past their deadline without delivery become `timeout`."""
+    """Deliveries past their deadline become `timeout`; job runs running past the hard limit, `lost`."""
     today = datetime.now(ZoneInfo(TIMEZONE)).date()
     with session_scope() as session:
         timed_out = mark_overdue_deliveries(session, today)
+    lost = mark_lost_runs(SessionFactory, utcnow() - timedelta(seconds=HARD_TIME_LIMIT + 60))
     if timed_out:
         log.warning("%d deliveries passed their deadline undelivered", timed_out)
-    return {"timed_out": timed_out}
+    if lost:
+        log.warning("%d job runs never finished (worker lost?)", lost)
+    return {"timed_out": timed_out, "lost_runs": lost}
