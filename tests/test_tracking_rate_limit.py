@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # Declared only inside the worker subprocesses (tests/support/crashing_app.py).
 TEST_QUEUE = Queue("crash_test", Exchange("crash_test"), routing_key="crash_test")
 CARRIER_LIMIT = 40  # requests per second the simulated carrier accepts
-OUR_LIMIT = 36  # what we configure: a margin for network jitter between grant and arrival
+OUR_LIMIT = 30  # what we configure: a wide margin for scheduling jitter between grant and arrival on a loaded CI machine
 
 
 @pytest.fixture
