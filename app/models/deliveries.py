@@ -24,16 +24,9 @@ TERMINAL_STATUSES = frozenset({DeliveryStatus.DELIVERED, DeliveryStatus.RETURNED
                                DeliveryStatus.TIMEOUT, DeliveryStatus.FAILED})
 
 
-class Delivery(Base):
-    """A document sent by post, followed until the carrier confirms it."""
+class DeliveryFields:
+    """The columns a delivery has, live or archived (one definition for both tables)."""
 
-    __tablename__ = "deliveries"
-    __table_args__ = (
-        UniqueConstraint("carrier", "tracking_number"),
-        Index("ix_deliveries_status_next_poll", "status", "next_poll_at"),
-    )
-
-    id: Mapped[int] = mapped_column(primary_key=True)
     reference: Mapped[str] = mapped_column(String(64))
     recipient_name: Mapped[str] = mapped_column(String(100))
     phone: Mapped[str] = mapped_column(String(32))
@@ -52,11 +45,34 @@ class Delivery(Base):
     poll_failures: Mapped[int] = mapped_column(Integer, default=0)
     last_error: Mapped[str | None] = mapped_column(Text)
 
+
+
+class Delivery(DeliveryFields, Base):
+    """A document sent by post, followed until the carrier confirms it."""
+
+    __tablename__ = "deliveries"
+    __table_args__ = (
+        UniqueConstraint("carrier", "tracking_number"),
+        Index("ix_deliveries_status_next_poll", "status", "next_poll_at"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
     events: Mapped[list["TrackingEvent"]] = relationship(
         back_populates="delivery", cascade="all, delete-orphan", order_by="TrackingEvent.occurred_at")
 
 
-class TrackingEvent(Base):
+class TrackingEventFields:
+    """The columns of a tracking event, live or archived, but for its link to the delivery."""
+
+    occurred_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    location: Mapped[str | None] = mapped_column(String(200))
+    description: Mapped[str] = mapped_column(Text)
+    carrier_status: Mapped[str | None] = mapped_column(String(40))
+    fingerprint: Mapped[str] = mapped_column(String(40))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class TrackingEvent(TrackingEventFields, Base):
     """One line of a carrier's tracking record; stored once, whatever the number of polls."""
 
     __tablename__ = "tracking_events"
@@ -64,11 +80,5 @@ class TrackingEvent(Base):
 
     id: Mapped[int] = mapped_column(primary_key=True)
     delivery_id: Mapped[int] = mapped_column(ForeignKey("deliveries.id", ondelete="CASCADE"), index=True)
-    occurred_at: Mapped[datetime] = mapped_column(UTCDateTime)
-    location: Mapped[str | None] = mapped_column(String(200))
-    description: Mapped[str] = mapped_column(Text)
-    carrier_status: Mapped[str | None] = mapped_column(String(40))
-    fingerprint: Mapped[str] = mapped_column(String(40))
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
     delivery: Mapped[Delivery] = relationship(back_populates="events")
