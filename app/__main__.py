@@ -46,7 +46,9 @@ def run_simulator(args) -> int:
     from app.services.carriers.simulator import CarrierSimulator, SimulatorServer
 
     settings = get_settings()
-    server = SimulatorServer(CarrierSimulator(*SIMULATOR_ACCOUNT, error_rate=settings.simulator_error_rate),
+    simulator = CarrierSimulator(*SIMULATOR_ACCOUNT, error_rate=settings.simulator_error_rate,
+                                 rate_limit=settings.simulator_rate_limit)
+    server = SimulatorServer(simulator,
                              port=args.port or settings.simulator_port,
                              latency=settings.simulator_latency_ms / 1000).start()
     print(f"Kuaidi100 simulator at {server.url}", flush=True)

@@ -2,8 +2,9 @@
 
     python bench/tracking.py [--deliveries N] [--latency-ms 50] [--carrier-limit 200] [--naive-sample 300]
 
-The simulated carrier answers after --latency-ms and accepts --carrier-limit requests/s; our
-workers are configured at 95 % of it. Prints the time our job takes (update-tracking-status
+The simulated carrier (`python -m app simulator`, its own process, as in production the carrier
+is not sharing a CPU with the bench) answers after --latency-ms and accepts --carrier-limit
+requests/s, counted as they arrive; our workers are configured at 95 % of it. Prints the time our job takes (update-tracking-status
 through a real prefork worker), the naive loop's rate (measured on a sample, then scaled to N),
 the share of the carrier's limit we used (target >= 0.9), requests over the limit (target 0)
 and the worker's peak memory. Runs on the embedded broker and SQLite in a scratch directory
@@ -48,27 +49,25 @@ def main() -> None:
     sys.path.insert(0, str(ROOT))
     from tests.support.project import free_port
 
-    port = free_port()
     os.environ.update(VAR_DIR=str(scratch / "var"), LOGS_DIR=str(scratch / "logs"), TRACKING_PROVIDER="simulator",
-                      SIMULATOR_PORT=str(port), KUAIDI100_RATE_LIMIT=str(args.carrier_limit * 0.95),
-                      TRACKING_CHUNK_SIZE="100", TRACKING_CONCURRENCY="16", TRACKING_POLL_INTERVAL="30")
+                      SIMULATOR_PORT=str(free_port()), SIMULATOR_LATENCY_MS=str(args.latency_ms),
+                      SIMULATOR_RATE_LIMIT=str(args.carrier_limit), KUAIDI100_RATE_LIMIT=str(args.carrier_limit * 0.95),
+                      TRACKING_CHUNK_SIZE="100", TRACKING_CONCURRENCY="32", TRACKING_POLL_INTERVAL="30")
     from app.core.broker import EmbeddedBroker
-    from app.core.config import SIMULATOR_ACCOUNT, get_settings
-    from app.services.carriers.simulator import CarrierSimulator, SimulatorServer
+    from app.core.config import get_settings
 
     settings = get_settings()
     broker = EmbeddedBroker(settings) if settings.uses_embedded_broker else None
     if broker:
         broker.start()
-    simulator = CarrierSimulator(*SIMULATOR_ACCOUNT, rate_limit=args.carrier_limit)
-    server = SimulatorServer(simulator, port=port, latency=args.latency_ms / 1000).start()
+    simulator = start_simulator(settings)
     try:
-        naive_rate = measure_naive(server.url, args.naive_sample)
-        simulator.stats.per_second.clear()
-        ours = measure_ours(args.deliveries, simulator)
+        naive_rate = measure_naive(settings.carrier_url, args.naive_sample)
+        ours = measure_ours(args.deliveries, settings.carrier_url.replace("/poll/query.do", "/stats"))
     finally:
         gc.collect()  # finished AsyncResults unsubscribe while the broker still answers
-        server.stop()
+        simulator.terminate()
+        simulator.wait(30)
         if broker:
             broker.stop()
     naive_total = args.deliveries / naive_rate
@@ -79,6 +78,28 @@ def main() -> None:
     print(f"share of the carrier's limit used: {ours['rate'] / args.carrier_limit:.3f} (target >= 0.9)")
     print(f"requests over the limit: {ours['over_limit']} (target 0); busiest second {ours['peak_second']}")
     print(f"worker peak memory (main + children): {ours['peak_memory'] / 2**20:.0f} MiB")
+
+
+def start_simulator(settings) -> subprocess.Popen:
+    import httpx
+
+    process = subprocess.Popen([sys.executable, "-m", "app", "simulator"], cwd=ROOT, env=os.environ.copy(),
+                               stdout=subprocess.DEVNULL)
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            httpx.get(settings.carrier_url.replace("/poll/query.do", "/stats"))
+            return process
+        except httpx.TransportError:
+            if time.monotonic() > deadline or process.poll() is not None:
+                raise SystemExit("the carrier simulator did not start")
+            time.sleep(0.2)
+
+
+def simulator_stats(stats_url: str) -> dict[str, int]:
+    import httpx
+
+    return httpx.get(stats_url).json()
 
 
 def measure_naive(url: str, sample: int) -> float:
@@ -121,7 +142,7 @@ def polled_count() -> int:
         return connection.scalar(select(func.count()).select_from(Delivery).where(Delivery.last_polled_at.is_not(None)))
 
 
-def measure_ours(count: int, simulator) -> dict:
+def measure_ours(count: int, stats_url: str) -> dict:
     seed(count)
     worker = subprocess.Popen(
         [sys.executable, "-m", "celery", "-A", "app.tasks.celery_app", "worker", "-Q", "tracking", "-c", "2",
@@ -137,13 +158,14 @@ def measure_ours(count: int, simulator) -> dict:
         while not app.control.ping(timeout=0.5):
             if time.monotonic() > deadline:
                 raise SystemExit("the bench worker did not start")
-        requests_before = simulator.stats.requests
+        before = simulator_stats(stats_url)
         started = time.perf_counter()
         app.send_task("app.tasks.tracking_tasks.update_tracking_status", queue="tracking").get(timeout=120)
         last_report = 0.0
         while (done := polled_count()) < count:
             if time.monotonic() - last_report > 5:
-                print(f"  polled {done}/{count}", file=sys.stderr, flush=True)
+                print(f"  {time.perf_counter() - started:5.1f}s polled {done}/{count}, carrier saw "
+                      f"{simulator_stats(stats_url)['requests'] - before['requests']}", file=sys.stderr, flush=True)
                 last_report = time.monotonic()
             time.sleep(0.2)
         elapsed = time.perf_counter() - started
@@ -151,9 +173,10 @@ def measure_ours(count: int, simulator) -> dict:
         stop.set()
         worker.terminate()
         worker.wait(60)
-    requests = simulator.stats.requests - requests_before
-    return {"elapsed": elapsed, "rate": requests / elapsed, "over_limit": simulator.stats.over_limit,
-            "peak_second": simulator.stats.peak_per_second, "peak_memory": peak[0]}
+    after = simulator_stats(stats_url)
+    return {"elapsed": elapsed, "rate": (after["requests"] - before["requests"]) / elapsed,
+            "over_limit": after["over_limit"] - before["over_limit"], "peak_second": after["peak_per_second"],
+            "peak_memory": peak[0]}
 
 
 if __name__ == "__main__":

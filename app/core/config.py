@@ -78,6 +78,7 @@ class Settings(BaseSettings):
     simulator_port: int = Field(8765, ge=1, le=65535)
     simulator_latency_ms: float = Field(50.0, ge=0)
     simulator_error_rate: float = Field(0.0, ge=0, le=1)
+    simulator_rate_limit: float | None = Field(None, gt=0)  # requests per second; unset = no limit
 
     @property
     def carrier_url(self) -> str:

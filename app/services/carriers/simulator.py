@@ -5,6 +5,8 @@ plain numbers are collected, travel, go out for delivery and are signed for; `RE
 returned, `REF…` refused, `PROB…` stick at "problem". `BAD…` get error 400, `MALFORMED…` a reply
 that is not JSON, `SLOW…` an answer after `slow_seconds`. SF Express (`shunfeng`) requires a phone.
 Latency, a random HTTP 500 rate and a requests-per-second limit (error 502 beyond it) are set per server.
+Requests are counted against the limit as they arrive, as a carrier's gateway counts them;
+`GET /stats` answers the counts as JSON, for benches that run the simulator in its own process.
 """
 
 import json
@@ -44,6 +46,9 @@ class SimulatorStats:
     def peak_per_second(self) -> int:
         return max(self.per_second.values(), default=0)
 
+    def as_dict(self) -> dict[str, int]:
+        return {"requests": self.requests, "over_limit": self.over_limit, "peak_per_second": self.peak_per_second}
+
 
 class CarrierSimulator:
     """The protocol logic, independent of HTTP; thread-safe."""
@@ -57,7 +62,7 @@ class CarrierSimulator:
         self._random = random.Random(seed)
         self._lock = threading.Lock()
 
-    def _admit(self) -> bool:
+    def admit(self) -> bool:
         """Count the request; False when it is over this second's limit."""
         second = int(time.monotonic())
         with self._lock:
@@ -69,9 +74,9 @@ class CarrierSimulator:
                 return False
             return True
 
-    def answer(self, form: dict[str, str]) -> tuple[int, str]:
-        """HTTP status and body for one query form."""
-        if not self._admit():
+    def answer(self, form: dict[str, str], admitted: bool = True) -> tuple[int, str]:
+        """HTTP status and body for one query form; `admitted` is what `admit` said on its arrival."""
+        if not admitted:
             return 200, _error("502", "服务器繁忙 / server busy")
         if form.get("customer") != self.customer:
             return 200, _error("601", "key 已过期或无效 / unknown customer")
@@ -142,13 +147,23 @@ class SimulatorServer:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True  # headers and body go out separately: Nagle would add ~40 ms
 
             def do_POST(self):  # noqa: N802 - the http.server API
+                admitted = server.simulator.admit()
                 length = int(self.headers.get("Content-Length") or 0)
                 form = {k: v[0] for k, v in parse_qs(self.rfile.read(length).decode("utf-8")).items()}
                 if server.latency:
                     time.sleep(server.latency)
-                status, body = server.simulator.answer(form)
+                self.reply(*server.simulator.answer(form, admitted))
+
+            def do_GET(self):  # noqa: N802 - the http.server API
+                if self.path != "/stats":
+                    self.reply(404, json.dumps({"message": "not found"}))
+                    return
+                self.reply(200, json.dumps(server.simulator.stats.as_dict()))
+
+            def reply(self, status: int, body: str) -> None:
                 payload = body.encode("utf-8")
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json;charset=UTF-8")
