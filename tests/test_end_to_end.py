@@ -3,6 +3,7 @@
 Each test runs on the embedded default (Valkey + SQLite) and on the machine's Redis + PostgreSQL.
 """
 
+import json
 import time
 
 import pytest
@@ -53,3 +54,27 @@ def test_ctrl_c_stops_everything_even_when_started_with_sigint_ignored(embedded_
     assert project.interrupt() == 0
     time.sleep(0.5)
     assert project.processes() == []
+
+
+def test_imported_deliveries_are_tracked_by_the_running_service(project, tmp_path):
+    csv_file = tmp_path / "deliveries.csv"
+    csv_file.write_text("reference,recipient_name,phone,address,carrier,tracking_number,deadline\n"
+                        "CASE-1,张三,13800138000,北京市朝阳区建国路1号,ems,EM100000001CN,2099-12-31\n"
+                        "CASE-2,李四,13900139000,上海市浦东新区,shunfeng,SF100000002,\n", encoding="utf-8")
+    imported = project.app_cli("deliveries", "import", str(csv_file))
+    assert imported.returncode == 0, imported.stderr
+    started = project.manager("start", "--service", "all")
+    assert started.returncode == 0, started.stderr
+
+    for _ in range(2):
+        ran = project.manager("run", "update-tracking-status")
+        assert ran.returncode == 0, ran.stderr
+        assert json.loads(ran.stdout)["due"] == 2
+    deadline = time.monotonic() + 60
+    while {d["status"] for d in json.loads(project.app_cli("deliveries", "list", "--json").stdout)} != {"in_transit"}:
+        assert time.monotonic() < deadline, project.log_text("celery_worker.log")[-3000:]
+        time.sleep(0.5)
+    shown = json.loads(project.app_cli("deliveries", "show", "1", "--json").stdout)
+    assert len(shown["events"]) == 2, "one event per poll, each stored once"
+    assert "13800138000" not in project.log_text("celery_worker.log"), "phones never appear unmasked in logs"
+    assert project.manager("stop", "--service", "all").returncode == 0

@@ -69,6 +69,11 @@ class Project:
         return subprocess.run([sys.executable, "celery_beat_manager.py", *args], cwd=self.root, env=self.env,
                               capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
 
+    def app_cli(self, *args: str) -> subprocess.CompletedProcess:
+        """Run `python -m app ARGS` in the copy."""
+        return subprocess.run([sys.executable, "-m", "app", *args], cwd=self.root, env=self.env,
+                              capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+
     def add_task_module(self, name: str, code: str) -> None:
         """Add app/tasks/NAME.py and register it, as a developer adding a job does."""
         (self.root / "app" / "tasks" / f"{name}.py").write_text(code)
