@@ -59,8 +59,23 @@ def test_admin_edit_stands_until_the_file_entry_changes(clean_schedule):
     assert sync_schedule_table({"a-job": entry(minute="10")}).unchanged == ["a-job"]
     assert PeriodicTask.objects.get(name="a-job").crontab.minute == "45"
 
-    assert sync_schedule_table({"a-job": entry(minute="15")}).updated == ["a-job"]
+    report = sync_schedule_table({"a-job": entry(minute="15")})
+    assert report.updated == ["a-job"] and report.replaced_overrides == {"a-job": ["schedule"]}
     assert PeriodicTask.objects.get(name="a-job").crontab.minute == "15"
+    assert CodeDefinedJob.objects.get(name="a-job").replaced_fields == ["schedule"], "list shows what was replaced"
+
+
+def test_a_file_change_without_an_admin_edit_replaces_nothing(clean_schedule):
+    sync_schedule_table({"a-job": entry(minute="10")})
+    report = sync_schedule_table({"a-job": entry(minute="15", queue="high_priority")})
+    assert report.updated == ["a-job"] and report.replaced_overrides == {}
+
+
+def test_an_admin_edit_the_file_later_agrees_with_is_not_reported_replaced(clean_schedule):
+    sync_schedule_table({"a-job": entry(queue="low_priority")})
+    PeriodicTask.objects.filter(name="a-job").update(queue="high_priority")
+    report = sync_schedule_table({"a-job": entry(queue="high_priority")})
+    assert report.updated == ["a-job"] and report.replaced_overrides == {}
 
 
 def test_re_added_entry_is_enabled_again(clean_schedule):

@@ -26,6 +26,7 @@ class JobRow:
     next_run: str | None
     source: str  # "beat_schedules.py" or "admin"
     drift: list[str]
+    replaced_admin_edit: list[str]  # fields of an admin edit that a change in the file overwrote
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -83,13 +84,13 @@ def _unsynced_row(name: str, entry: dict) -> JobRow:
         words = expression = f"every {int(spec['interval'])} seconds"
     return JobRow(name=name, task=entry["task"], schedule=words, expression=expression,
                   queue=entry["options"]["queue"], enabled=True, last_run=None, next_run=None,
-                  source="beat_schedules.py", drift=[NOT_SYNCED])
+                  source="beat_schedules.py", drift=[NOT_SYNCED], replaced_admin_edit=[])
 
 
 def job_rows(table: dict[str, dict], now: datetime | None = None) -> list[JobRow]:
     """One row per periodic task in the database, and per table entry not written there yet."""
     now = now or timezone.now()
-    code_defined = set(CodeDefinedJob.objects.values_list("name", flat=True))
+    code_defined = dict(CodeDefinedJob.objects.values_list("name", "replaced_fields"))
     rows = []
     for task in PeriodicTask.objects.select_related("crontab", "interval", "solar", "clocked").order_by("name"):
         from_file = task.name in code_defined
@@ -104,6 +105,7 @@ def job_rows(table: dict[str, dict], now: datetime | None = None) -> list[JobRow
             next_run=_shanghai(next_run(task, now)),
             source="beat_schedules.py" if from_file else "admin",
             drift=drift(task, table[task.name]) if from_file and task.name in table else [],
+            replaced_admin_edit=code_defined.get(task.name) or [],
         ))
     stored = {row.name for row in rows}
     rows += [_unsynced_row(name, entry) for name, entry in table.items() if name not in stored]

@@ -31,6 +31,7 @@ class SyncReport:
     updated: list[str] = field(default_factory=list)
     unchanged: list[str] = field(default_factory=list)
     disabled: list[str] = field(default_factory=list)
+    replaced_overrides: dict[str, list[str]] = field(default_factory=dict)  # job -> fields an admin had edited
 
 
 def crontab_fields(entry_schedule: crontab) -> dict[str, str]:
@@ -154,6 +155,15 @@ def periodic_task_fields(entry: dict) -> dict:
     }
 
 
+def _overwritten_admin_edits(name: str, record: CodeDefinedJob | None, entry: dict) -> list[str]:
+    """Fields edited in the admin since the last sync that the file's new `entry` sets otherwise."""
+    if record is None or not record.synced_state:
+        return []
+    stored = stored_state(PeriodicTask.objects.select_related("crontab", "interval").get(name=name))
+    desired = desired_state(entry)
+    return [key for key, value in record.synced_state.items() if value != stored.get(key) != desired.get(key)]
+
+
 def sync_schedule_table(table: dict[str, dict]) -> SyncReport:
     """Make the database match the table: create and update changed entries, disable removed ones.
 
@@ -172,9 +182,15 @@ def sync_schedule_table(table: dict[str, dict]) -> SyncReport:
             if record is not None and exists and record.fingerprint == fingerprint:
                 report.unchanged.append(name)
                 continue
-            PeriodicTask.objects.update_or_create(name=name, defaults=periodic_task_fields(entry))
-            CodeDefinedJob.objects.update_or_create(name=name, defaults={"fingerprint": fingerprint})
+            replaced = _overwritten_admin_edits(name, record, entry) if exists else []
+            task, _ = PeriodicTask.objects.update_or_create(name=name, defaults=periodic_task_fields(entry))
+            CodeDefinedJob.objects.update_or_create(name=name, defaults={
+                "fingerprint": fingerprint, "synced_state": stored_state(task), "replaced_fields": replaced})
             (report.updated if exists else report.created).append(name)
+            if replaced:
+                report.replaced_overrides[name] = replaced
+                log.warning("%s: the changed entry in beat_schedules.py replaced an admin edit of %s",
+                            name, ", ".join(replaced))
         for name, record in records.items():
             PeriodicTask.objects.filter(name=name).update(enabled=False)
             record.delete()
