@@ -61,7 +61,11 @@ class Settings(BaseSettings):
     worker_concurrency: int = Field(2, ge=1)
     flower_address: str = "127.0.0.1"
     flower_port: int = Field(5555, ge=1, le=65535)
-    flower_basic_auth: str | None = None
+    flower_basic_auth: str | None = None  # user:password[,user2:password2]; unset = generated under var/
+    flower_auth_disabled: bool = False  # serve Flower without a login (only behind an authenticating proxy)
+    admin_address: str = "127.0.0.1"
+    admin_port: int = Field(8000, ge=1, le=65535)
+    admin_allowed_hosts: str = "127.0.0.1,localhost"  # Host names the admin answers to, comma-separated
 
     tracking_provider: Literal["kuaidi100", "simulator"] = "simulator"
     kuaidi100_customer: str | None = None
@@ -79,6 +83,10 @@ class Settings(BaseSettings):
     simulator_latency_ms: float = Field(50.0, ge=0)
     simulator_error_rate: float = Field(0.0, ge=0, le=1)
     simulator_rate_limit: float | None = Field(None, gt=0)  # requests per second; unset = no limit
+
+    @property
+    def admin_hosts(self) -> list[str]:
+        return [host.strip() for host in self.admin_allowed_hosts.split(",") if host.strip()]
 
     @property
     def carrier_url(self) -> str:
@@ -102,6 +110,14 @@ class Settings(BaseSettings):
     @classmethod
     def _database_scheme(cls, value):
         return _check_url("DATABASE_URL", value, DATABASE_SCHEMES)
+
+    @field_validator("flower_basic_auth")
+    @classmethod
+    def _credential_pairs(cls, value):
+        if value is not None and not all(user and password for user, _, password in
+                                         (pair.partition(":") for pair in value.split(","))):
+            raise ValueError("FLOWER_BASIC_AUTH must be user:password (several separated by commas)")
+        return value
 
     @field_validator("log_level", mode="before")
     @classmethod

@@ -1,4 +1,4 @@
-"""Django settings: Django is here only to host django-celery-beat's tables (and later its admin)."""
+"""Django settings: Django hosts django-celery-beat's tables and the schedule admin, nothing else."""
 
 import secrets
 
@@ -48,11 +48,45 @@ _settings = get_settings()
 
 SECRET_KEY = secret_key(_settings)
 DEBUG = False
-ALLOWED_HOSTS = ["127.0.0.1", "localhost"]
-INSTALLED_APPS = ["django_celery_beat", "app.scheduling"]
+ALLOWED_HOSTS = _settings.admin_hosts
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "django_celery_beat",
+    "app.scheduling",
+]
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+TEMPLATES = [{
+    "BACKEND": "django.template.backends.django.DjangoTemplates",
+    "APP_DIRS": True,
+    "OPTIONS": {"context_processors": [
+        "django.template.context_processors.request",
+        "django.contrib.auth.context_processors.auth",
+        "django.contrib.messages.context_processors.messages",
+    ]},
+}]
+ROOT_URLCONF = "app.scheduling.urls"
+STATIC_URL = "/static/"
+WHITENOISE_USE_FINDERS = True  # the admin's own static files, served from the installed packages
 DATABASES = {"default": django_database(_settings)}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 USE_TZ = True
 TIME_ZONE = TIMEZONE
+LANGUAGE_CODE = "zh-hans"
 DJANGO_CELERY_BEAT_TZ_AWARE = True
+CELERY_BEAT_SCHEDULER = "app.scheduling.scheduler:ScheduleTableScheduler"  # the admin's scheduler check
+SESSION_COOKIE_AGE = 8 * 3600
 LOGGING_CONFIG = None

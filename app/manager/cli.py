@@ -17,6 +17,8 @@ from app.manager.processes import (
     ServiceError,
     ServiceProcess,
     clear_stale_pidfile,
+    flower_credentials,
+    flower_credentials_path,
     log_size,
     pid_state,
     process_stats,
@@ -28,8 +30,8 @@ from app.manager.processes import (
 from app.manager.tail import follow, follow_in_background
 
 LOGLEVELS = ["debug", "info", "warning", "error"]
-START_ORDER = ["simulator", "worker", "beat", "flower"]
-STOP_ORDER = ["flower", "beat", "worker", "simulator"]
+START_ORDER = ["simulator", "worker", "beat", "flower", "admin"]
+STOP_ORDER = ["admin", "flower", "beat", "worker", "simulator"]
 EXIT_OK, EXIT_ERROR, EXIT_STOPPED = 0, 1, 3
 RUN_TIMEOUT = 900.0
 
@@ -220,11 +222,21 @@ def cmd_status(settings: Settings, args) -> int:
     if database_probe.ok:
         facts.append(["next due", *_next_due()])
     if running.get("flower"):
-        user = settings.flower_basic_auth.split(":")[0] if settings.flower_basic_auth else "admin"
-        facts.append(["flower", f"http://{settings.flower_address}:{settings.flower_port}",
-                      f"user {user}; password in FLOWER_BASIC_AUTH or {settings.var_path / 'flower_credentials'}"])
+        facts.append(["flower", f"http://{settings.flower_address}:{settings.flower_port}", _flower_login(settings)])
+    if running.get("admin"):
+        facts.append(["admin", f"http://{settings.admin_address}:{settings.admin_port}/admin/",
+                      "log in as a user made with 'celery_beat_manager.py createsuperuser'"])
     print(table(None, facts))
     return EXIT_OK if all(running.values()) else EXIT_STOPPED
+
+
+def _flower_login(settings: Settings) -> str:
+    if settings.flower_auth_disabled:
+        return paint("no login (FLOWER_AUTH_DISABLED=true)", "yellow")
+    if settings.flower_basic_auth:
+        return f"user {settings.flower_basic_auth.split(':')[0]}, password as set in FLOWER_BASIC_AUTH"
+    user, _, password = flower_credentials(settings).partition(":")
+    return f"user {user}, password {password} (generated; {flower_credentials_path(settings)})"
 
 
 def _ok(ok: bool, good: str, bad: str) -> str:
@@ -299,7 +311,7 @@ def _worker_checks():
     if not consumers:
         yield False, "workers", "no worker answered a ping: start one with 'start --service worker'"
         return
-    registered = set.union(*inspect.worker_tasks().values()) if consumers else set()
+    registered = set().union(*inspect.worker_tasks().values())  # a worker too slow to answer adds nothing
     missing = sorted({entry["task"] for entry in BEAT_SCHEDULE.values()} - registered)
     yield not missing, "tasks", (f"not registered with any worker: {', '.join(missing)}" if missing
                                  else f"every scheduled task registered ({len(consumers)} worker(s))")
@@ -327,6 +339,14 @@ def cmd_logs(settings: Settings, args) -> int:
     return EXIT_OK
 
 
+def _drift_note(row) -> str:
+    if row.drift:
+        return paint(",".join(row.drift), "yellow")
+    if row.replaced_admin_edit:
+        return paint(f"replaced:{','.join(row.replaced_admin_edit)}", "yellow")
+    return "-"
+
+
 def cmd_list(settings: Settings, args) -> int:
     from app.tasks.beat_schedules import BEAT_SCHEDULE
 
@@ -346,8 +366,40 @@ def cmd_list(settings: Settings, args) -> int:
         ["name", "task", "schedule", "cron/interval", "queue", "enabled", "last run", "next run", "source", "drift"],
         [[r.name, r.task.removeprefix("app.tasks."), r.schedule, r.expression, r.queue or "-",
           "yes" if r.enabled else paint("no", "yellow"), r.last_run or "-", r.next_run or "-", r.source,
-          paint(",".join(r.drift), "yellow") if r.drift else "-"] for r in rows]))
-    print("\ntimes are Asia/Shanghai; drift = a beat_schedules.py job edited in the database")
+          _drift_note(r)] for r in rows]))
+    print("\ntimes are Asia/Shanghai; drift = a beat_schedules.py job edited in the admin (the edit stands "
+          "until the entry changes in the file); replaced = an admin edit the file's change overwrote")
+    return EXIT_OK
+
+
+def cmd_migrate(settings: Settings, args) -> int:
+    _setup_django()
+    from app.core.migrations import migrate_all
+
+    migrate_all()
+    print(f"database schema up to date ({inspect.mask_url(settings.sqlalchemy_url)})")
+    return EXIT_OK
+
+
+def cmd_createsuperuser(settings: Settings, args) -> int:
+    _setup_django()
+    from django.core.management import call_command
+    from django.core.management.base import CommandError
+
+    from app.core.migrations import migrate_all
+
+    if args.no_input and not (args.username and os.environ.get("DJANGO_SUPERUSER_PASSWORD")):
+        raise ManagerError("--no-input needs --username and DJANGO_SUPERUSER_PASSWORD")
+    if not args.no_input and not sys.stdin.isatty():
+        raise ManagerError("no terminal to ask for the password: pass --no-input, --username and "
+                           "DJANGO_SUPERUSER_PASSWORD")
+    migrate_all()
+    try:
+        call_command("createsuperuser", interactive=not args.no_input, username=args.username,
+                     email=args.email, verbosity=0)
+    except CommandError as error:
+        raise ManagerError(str(error)) from None
+    print(f"admin user created; log in at http://{settings.admin_address}:{settings.admin_port}/admin/")
     return EXIT_OK
 
 
@@ -420,10 +472,10 @@ def cmd_run(settings: Settings, args) -> int:
 # -- parser ----------------------------------------------------------------------------------
 
 
-def _add_service(parser, default="beat", choices=("beat", "worker", "flower", "simulator", "all")):
+def _add_service(parser, default="beat", choices=(*SERVICES, "all")):
     parser.add_argument("--service", choices=choices, default=default,
                         help=f"which service (default: {default}); all = broker + carrier simulator "
-                             "(TRACKING_PROVIDER=simulator) + worker + beat + flower")
+                             "(TRACKING_PROVIDER=simulator) + worker + beat + flower + admin")
 
 
 def _add_loglevel(parser):
@@ -479,7 +531,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_service(status)
 
     logs = command("logs", cmd_logs, "查看日志 / show a service's log")
-    _add_service(logs, choices=("beat", "worker", "flower", "simulator"))
+    _add_service(logs, choices=SERVICES)
     logs.add_argument("--lines", "-n", type=int, default=50, help="how many last lines (default 50)")
     logs.add_argument("--follow", "-f", action="store_true", help="keep printing new lines until Ctrl-C")
 
@@ -498,6 +550,17 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--timeout", type=float, default=RUN_TIMEOUT, help=f"seconds to wait (default {RUN_TIMEOUT:.0f})")
 
     command("check", cmd_check, "故障排除 / run the troubleshooting checks, one line each")
+
+    command("migrate", cmd_migrate, "数据库迁移 / apply every pending schema migration and exit",
+            "Beat and workers migrate by themselves at start; this is for deployments that migrate "
+            "once before starting them (the compose file's 'migrate' service).")
+
+    superuser = command("createsuperuser", cmd_createsuperuser, "创建管理员 / create a login for the schedule admin",
+                        "Asks for the password; with --no-input it is read from DJANGO_SUPERUSER_PASSWORD.")
+    superuser.add_argument("--username", help="login name (asked when omitted)")
+    superuser.add_argument("--email", default="", help="e-mail address (optional)")
+    superuser.add_argument("--no-input", action="store_true",
+                           help="do not prompt: needs --username and DJANGO_SUPERUSER_PASSWORD")
     return parser
 
 

@@ -8,7 +8,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
@@ -17,10 +17,12 @@ from app.core.config import PROJECT_ROOT, Settings
 from app.tasks.queues import Queue
 
 CELERY_APP = "app.tasks.celery_app"
-SERVICES = ("simulator", "worker", "beat", "flower")
+SERVICES = ("simulator", "worker", "beat", "flower", "admin")
 READY_TIMEOUT = 90.0
 BEAT_STOP_TIMEOUT = 30.0
 FLOWER_STOP_TIMEOUT = 10.0
+ADMIN_STOP_TIMEOUT = 15.0  # gunicorn's graceful timeout (10 s) and a margin
+ADMIN_APP = "app.core.wsgi:application"
 # A warm worker shutdown waits for the tasks in hand, which may run up to the hard time limit.
 WORKER_STOP_TIMEOUT = 660.0
 
@@ -39,6 +41,7 @@ class ServiceProcess:
     is_ready: Callable[[str], bool]  # given the log text written since start
     stop_timeout: float
     marker: tuple[str, ...]  # words of its command line that tell it from any other process
+    env: dict[str, str] = field(default_factory=dict)  # added to this process's environment
 
 
 @dataclass(frozen=True)
@@ -71,11 +74,17 @@ def _port_open(port: int) -> Callable[[str], bool]:
     return check
 
 
-def flower_credentials(settings: Settings) -> str:
-    """FLOWER_BASIC_AUTH, else credentials generated once and kept 0600 under var/."""
+def flower_credentials_path(settings: Settings) -> Path:
+    return settings.var_path / "flower_credentials"
+
+
+def flower_credentials(settings: Settings) -> str | None:
+    """FLOWER_BASIC_AUTH, else credentials generated once and kept 0600 under var/; None when disabled."""
+    if settings.flower_auth_disabled:
+        return None
     if settings.flower_basic_auth:
         return settings.flower_basic_auth
-    path = settings.var_path / "flower_credentials"
+    path = flower_credentials_path(settings)
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         path.touch(mode=0o600)
@@ -85,7 +94,7 @@ def flower_credentials(settings: Settings) -> str:
 
 def service_process(settings: Settings, name: str, loglevel: str = "info",
                     queues: list[str] | None = None, concurrency: int | None = None) -> ServiceProcess:
-    """The process definition of `name` ('beat', 'worker', 'flower' or 'simulator')."""
+    """The process definition of `name` ('beat', 'worker', 'flower', 'admin' or 'simulator')."""
     run, logs = settings.run_path, settings.logs_path
     if name == "beat":
         logfile = logs / "celerybeat.log"
@@ -103,11 +112,21 @@ def service_process(settings: Settings, name: str, loglevel: str = "info",
                               _log_says(" ready."), WORKER_STOP_TIMEOUT, (CELERY_APP, "worker"))
     if name == "flower":
         logfile = logs / "flower.log"
+        credentials = flower_credentials(settings)
+        auth = [f"--basic-auth={credentials}"] if credentials else []
         argv = _celery("flower", f"--address={settings.flower_address}", f"--port={settings.flower_port}",
-                       f"--basic-auth={flower_credentials(settings)}", f"--logging={loglevel}",
-                       f"--log-file-prefix={logfile}")
+                       *auth, f"--logging={loglevel}", f"--log-file-prefix={logfile}")
+        # Flower's API refuses to work without a login unless told that is intended.
+        env = {} if credentials else {"FLOWER_UNAUTHENTICATED_API": "true"}
         return ServiceProcess("flower", argv, run / "flower.pid", logfile, run / "flower.console",
-                              _port_open(settings.flower_port), FLOWER_STOP_TIMEOUT, (CELERY_APP, "flower"))
+                              _port_open(settings.flower_port), FLOWER_STOP_TIMEOUT, (CELERY_APP, "flower"), env)
+    if name == "admin":
+        logfile = logs / "admin.log"
+        argv = [sys.executable, "-m", "gunicorn", ADMIN_APP, "--bind", f"{settings.admin_address}:{settings.admin_port}",
+                "--workers", "2", "--graceful-timeout", "10", "--log-level", loglevel,
+                "--access-logfile", str(logfile), "--error-logfile", str(logfile)]
+        return ServiceProcess("admin", argv, run / "admin.pid", logfile, run / "admin.console",
+                              _port_open(settings.admin_port), ADMIN_STOP_TIMEOUT, ("gunicorn", ADMIN_APP))
     if name == "simulator":
         logfile = logs / "simulator.log"
         argv = [sys.executable, "-m", "app", "simulator", "--port", str(settings.simulator_port)]
@@ -164,7 +183,7 @@ def spawn(service: ServiceProcess, detached: bool) -> subprocess.Popen:
     output = service.console.open("w") if detached else None
     try:
         child = subprocess.Popen(service.argv, stdin=subprocess.DEVNULL, stdout=output, stderr=output,
-                                 start_new_session=True, env=os.environ.copy(), cwd=PROJECT_ROOT)
+                                 start_new_session=True, env={**os.environ, **service.env}, cwd=PROJECT_ROOT)
     finally:
         if output:
             output.close()

@@ -50,8 +50,9 @@ class Project:
         shutil.copytree(ROOT / "app", self.root / "app", ignore=shutil.ignore_patterns("__pycache__"))
         shutil.copy2(ROOT / "celery_beat_manager.py", self.root)
         self.env = {k: v for k, v in os.environ.items() if k not in TEST_ONLY_VARIABLES}
-        # Never collide with a Flower or simulator already running (the in-process tests' included).
+        # Never collide with a Flower, admin or simulator already running (the in-process tests' included).
         self.env["FLOWER_PORT"] = str(free_port())
+        self.env["ADMIN_PORT"] = str(free_port())
         self.env["SIMULATOR_PORT"] = str(free_port())
         self.env.update(extra_env or {})
         self.logs = self.root / "logs"

@@ -1,0 +1,94 @@
+"""The schedule admin in a real browser: an edit there reaches the running beat without a restart."""
+
+import json
+import time
+from contextlib import contextmanager
+
+import pytest
+
+from tests.support.browser import launch
+
+pytestmark = pytest.mark.e2e
+
+PASSWORD = "s3cret-for-tests"
+TWO_SECONDS = """
+from app.tasks.celery_app import app
+from app.core.migrations import migrate_all
+from django_celery_beat.models import IntervalSchedule
+migrate_all()
+print(IntervalSchedule.objects.get_or_create(every=2, period=IntervalSchedule.SECONDS)[0].id)
+"""
+
+
+def sends(project, job: str) -> int:
+    return project.log_text("celerybeat.log").count(f"Sending due task {job} ")
+
+
+def wait_for(condition, what: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"{what} did not happen within {timeout:.0f}s"
+        time.sleep(0.5)
+
+
+@contextmanager
+def logged_in_admin(project, *services: str):
+    """Prepare a 2-second interval and a login, start `services` and the admin; yield (page, base, interval id)."""
+    from playwright.sync_api import sync_playwright
+
+    two_seconds = project.python(TWO_SECONDS).split()[-1]
+    project.env["DJANGO_SUPERUSER_PASSWORD"] = PASSWORD
+    created = project.manager("createsuperuser", "--no-input", "--username", "ops")
+    assert created.returncode == 0, created.stderr
+    for service in (*services, "admin"):
+        started = project.manager("start", "--service", service)
+        assert started.returncode == 0, started.stdout + started.stderr
+    base = f"http://127.0.0.1:{project.env['ADMIN_PORT']}"
+    with sync_playwright() as playwright:
+        browser = launch(playwright)
+        page = browser.new_page()
+        page.goto(f"{base}/admin/")
+        page.fill("#id_username", "ops")
+        page.fill("#id_password", PASSWORD)
+        page.click("input[type=submit]")
+        page.wait_for_selector("#user-tools")
+        yield page, base, two_seconds
+        browser.close()
+
+
+def test_an_admin_edit_reaches_the_running_beat_without_restart(project):
+    with logged_in_admin(project, "beat") as (page, base, two_seconds):
+        page.goto(f"{base}/admin/django_celery_beat/periodictask/")
+        page.click("text=cleanup-temp-files")
+        assert page.locator("#id_regtask").count() == 0, "no free-text task field beside the registered ones"
+        options = page.locator("#id_task option").all_inner_texts()
+        assert "app.tasks.file_tasks.cleanup_temp_files" in options and "celery.backend_cleanup" not in options
+        page.select_option("#id_interval", value=two_seconds)
+        page.select_option("#id_crontab", value="")
+        page.click("input[name=_save]")
+        page.wait_for_selector(".messagelist .success")
+
+    wait_for(lambda: sends(project, "cleanup-temp-files") >= 2, "two sends of the job at its new interval")
+    listed = {row["name"]: row for row in json.loads(project.manager("list", "--json").stdout)}
+    assert listed["cleanup-temp-files"]["drift"] == ["schedule"], "list shows the admin edit"
+
+    restarted = project.manager("restart", "--service", "beat")
+    assert restarted.returncode == 0, restarted.stderr
+    count = sends(project, "cleanup-temp-files")
+    wait_for(lambda: sends(project, "cleanup-temp-files") >= count + 2, "the edit surviving a beat restart")
+    assert project.manager("stop", "--service", "all").returncode == 0
+
+
+def test_the_admin_refuses_a_task_that_is_not_registered(embedded_project):
+    project = embedded_project
+    with logged_in_admin(project) as (page, base, two_seconds):
+        page.goto(f"{base}/admin/django_celery_beat/periodictask/add/")
+        page.fill("#id_name", "sneaky")
+        page.evaluate("""() => { const select = document.querySelector('#id_task');
+                                 select.add(new Option('os.system', 'os.system')); select.value = 'os.system'; }""")
+        page.select_option("#id_interval", value=two_seconds)
+        page.click("input[name=_save]")
+        error = page.locator(".errorlist").first.inner_text()
+    assert "os.system is not a registered task" in error
+    assert "sneaky" not in project.manager("list").stdout
+    project.manager("stop", "--service", "all")
