@@ -72,3 +72,18 @@ def test_a_malformed_flower_login_setting_is_one_clear_line(embedded_project):
     started = project.manager("start", "--service", "flower")
     assert started.returncode == 1
     assert "FLOWER_BASIC_AUTH must be user:password" in started.stderr and "Traceback" not in started.stderr
+
+
+def test_flower_and_admin_logs_survive_rotation_by_rename(embedded_project):
+    project = embedded_project
+    for service in ("flower", "admin"):
+        assert project.manager("start", "--service", service).returncode == 0
+    project.python("import sys\nfrom pathlib import Path\nfrom app.services.logs import rotate_logs\n"
+                   "rotate_logs(Path(sys.argv[1]), 30)", str(project.logs))
+    assert not (project.logs / "admin.log").exists(), "rotated aside"
+    httpx.get(f"http://127.0.0.1:{project.env['ADMIN_PORT']}/admin/login/", timeout=10)
+    project.manager("stop", "--service", "all")
+    assert "GET /admin/login/" in project.log_text("admin.log"), "gunicorn reopened its log"
+    assert "shutting down" in project.log_text("flower.log"), "Flower reopened its log"
+    rotated = [p.name for p in project.logs.glob("*.log.*")]
+    assert any(n.startswith("admin.log.") for n in rotated) and any(n.startswith("flower.log.") for n in rotated)

@@ -60,6 +60,11 @@ def _celery(*args: str) -> list[str]:
     return [sys.executable, "-m", "celery", "-A", CELERY_APP, *args]
 
 
+def _watched(logfile: Path, *argv: str) -> list[str]:
+    """`argv` (celery or gunicorn) with its log in a file that survives rotation by rename."""
+    return [sys.executable, "-m", "app.manager.watched_logs", str(logfile), *argv]
+
+
 def _log_says(marker: str) -> Callable[[str], bool]:
     return lambda text: marker in text
 
@@ -114,17 +119,16 @@ def service_process(settings: Settings, name: str, loglevel: str = "info",
         logfile = logs / "flower.log"
         credentials = flower_credentials(settings)
         auth = [f"--basic-auth={credentials}"] if credentials else []
-        argv = _celery("flower", f"--address={settings.flower_address}", f"--port={settings.flower_port}",
-                       *auth, f"--logging={loglevel}", f"--log-file-prefix={logfile}")
+        argv = _watched(logfile, "celery", "-A", CELERY_APP, "flower", f"--address={settings.flower_address}",
+                        f"--port={settings.flower_port}", *auth, f"--logging={loglevel}")
         # Flower's API refuses to work without a login unless told that is intended.
         env = {} if credentials else {"FLOWER_UNAUTHENTICATED_API": "true"}
         return ServiceProcess("flower", argv, run / "flower.pid", logfile, run / "flower.console",
                               _port_open(settings.flower_port), FLOWER_STOP_TIMEOUT, (CELERY_APP, "flower"), env)
     if name == "admin":
         logfile = logs / "admin.log"
-        argv = [sys.executable, "-m", "gunicorn", ADMIN_APP, "--bind", f"{settings.admin_address}:{settings.admin_port}",
-                "--workers", "2", "--graceful-timeout", "10", "--log-level", loglevel,
-                "--access-logfile", str(logfile), "--error-logfile", str(logfile)]
+        argv = _watched(logfile, "gunicorn", ADMIN_APP, "--bind", f"{settings.admin_address}:{settings.admin_port}",
+                        "--workers", "2", "--graceful-timeout", "10", "--log-level", loglevel)
         return ServiceProcess("admin", argv, run / "admin.pid", logfile, run / "admin.console",
                               _port_open(settings.admin_port), ADMIN_STOP_TIMEOUT, ("gunicorn", ADMIN_APP))
     if name == "simulator":
