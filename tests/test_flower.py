@@ -33,10 +33,13 @@ def generated_credentials(project) -> tuple[str, str]:
 
 def test_flower_shows_our_worker_and_tasks_behind_a_login(embedded_project):
     project = embedded_project
+    project.manager("status", "--service", "all")
+    assert not (project.root / "var" / "flower_credentials").exists(), "only starting Flower makes a login"
     for service in ("worker", "flower"):
         started = project.manager("start", "--service", service)
         assert started.returncode == 0, started.stdout + started.stderr
     auth = generated_credentials(project)
+    assert not any(auth[1] in " ".join(p.cmdline()) for p in project.processes()), "the password is not in ps"
     status = project.manager("status", "--service", "flower").stdout
     assert f"user {auth[0]}, password {auth[1]}" in status, "status shows the generated login"
 

@@ -8,7 +8,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
@@ -41,7 +41,8 @@ class ServiceProcess:
     is_ready: Callable[[str], bool]  # given the log text written since start
     stop_timeout: float
     marker: tuple[str, ...]  # words of its command line that tell it from any other process
-    env: dict[str, str] = field(default_factory=dict)  # added to this process's environment
+    # Variables added to its environment, computed when it is spawned (not when it is inspected).
+    environment: Callable[[], dict[str, str]] = dict
 
 
 @dataclass(frozen=True)
@@ -97,6 +98,14 @@ def flower_credentials(settings: Settings) -> str | None:
     return path.read_text().strip()
 
 
+def flower_environment(settings: Settings) -> dict[str, str]:
+    """Flower's login, passed in its environment so the password never shows in `ps`."""
+    credentials = flower_credentials(settings)
+    if credentials is None:  # Flower's API refuses to work without a login unless told it is intended
+        return {"FLOWER_UNAUTHENTICATED_API": "true"}
+    return {"FLOWER_BASIC_AUTH": credentials}
+
+
 def service_process(settings: Settings, name: str, loglevel: str = "info",
                     queues: list[str] | None = None, concurrency: int | None = None) -> ServiceProcess:
     """The process definition of `name` ('beat', 'worker', 'flower', 'admin' or 'simulator')."""
@@ -117,14 +126,11 @@ def service_process(settings: Settings, name: str, loglevel: str = "info",
                               _log_says(" ready."), WORKER_STOP_TIMEOUT, (CELERY_APP, "worker"))
     if name == "flower":
         logfile = logs / "flower.log"
-        credentials = flower_credentials(settings)
-        auth = [f"--basic-auth={credentials}"] if credentials else []
         argv = _watched(logfile, "celery", "-A", CELERY_APP, "flower", f"--address={settings.flower_address}",
-                        f"--port={settings.flower_port}", *auth, f"--logging={loglevel}")
-        # Flower's API refuses to work without a login unless told that is intended.
-        env = {} if credentials else {"FLOWER_UNAUTHENTICATED_API": "true"}
+                        f"--port={settings.flower_port}", f"--logging={loglevel}")
         return ServiceProcess("flower", argv, run / "flower.pid", logfile, run / "flower.console",
-                              _port_open(settings.flower_port), FLOWER_STOP_TIMEOUT, (CELERY_APP, "flower"), env)
+                              _port_open(settings.flower_port), FLOWER_STOP_TIMEOUT, (CELERY_APP, "flower"),
+                              lambda: flower_environment(settings))
     if name == "admin":
         logfile = logs / "admin.log"
         argv = _watched(logfile, "gunicorn", ADMIN_APP, "--bind", f"{settings.admin_address}:{settings.admin_port}",
@@ -187,7 +193,7 @@ def spawn(service: ServiceProcess, detached: bool) -> subprocess.Popen:
     output = service.console.open("w") if detached else None
     try:
         child = subprocess.Popen(service.argv, stdin=subprocess.DEVNULL, stdout=output, stderr=output,
-                                 start_new_session=True, env={**os.environ, **service.env}, cwd=PROJECT_ROOT)
+                                 start_new_session=True, env={**os.environ, **service.environment()}, cwd=PROJECT_ROOT)
     finally:
         if output:
             output.close()
