@@ -1,4 +1,4 @@
-"""python -m app: domain commands (deliveries). The service itself runs from celery_beat_manager.py."""
+"""python -m app: domain commands (deliveries, receipts). The service itself runs from celery_beat_manager.py."""
 
 import argparse
 import json
@@ -29,6 +29,29 @@ def _deliveries_parser(commands) -> None:
     show = actions.add_parser("show", help="one delivery with its tracking events")
     show.add_argument("id", type=int)
     show.add_argument("--json", action="store_true")
+    attach = actions.add_parser("attach", help="attach a PDF or image file to a delivery",
+                                description="The file is checked by its content (PDF or PNG/JPEG/GIF/WebP/TIFF), "
+                                            "copied into the files root and recorded once.")
+    attach.add_argument("id", type=int)
+    attach.add_argument("file", type=Path)
+
+
+def _receipts_parser(commands) -> None:
+    receipts = commands.add_parser("receipts", help="issue, show and verify PDF delivery receipts (送达回证)",
+                                   description="The PDF receipts of delivered deliveries, and whether a file is one.")
+    actions = receipts.add_subparsers(dest="action", required=True, metavar="ACTION")
+    verify = actions.add_parser("verify", help="say whether a file is, byte for byte, a receipt on record",
+                                description="Recompute the file's SHA-256 and look it up among the issued receipts. "
+                                            "Exit 0 when it matches one, 1 when it does not or the file is missing.")
+    verify.add_argument("file", type=Path)
+    show = actions.add_parser("show", help="a delivery's receipts: number, file, sha256, generation time")
+    show.add_argument("id", type=int, metavar="DELIVERY_ID")
+    show.add_argument("--json", action="store_true")
+    generate = actions.add_parser("generate", help="issue a delivery's receipt now, in this process",
+                                  description="Needs the delivery's tracking screenshot. An existing receipt is "
+                                              "kept unless --regenerate, which issues one with a new number.")
+    generate.add_argument("id", type=int, metavar="DELIVERY_ID")
+    generate.add_argument("--regenerate", action="store_true", help="issue a new receipt even if one exists")
 
 
 def _simulator_parser(commands) -> None:
@@ -71,6 +94,8 @@ def run_deliveries(args) -> int:
     from app.services import deliveries
 
     upgrade_app_schema(engine.sa_engine)
+    if args.action == "attach":
+        return attach_document(args)
     with session_scope() as session:
         if args.action == "add":
             fields = {name: getattr(args, name) for name in deliveries.CSV_HEADER}
@@ -112,17 +137,59 @@ def run_deliveries(args) -> int:
         return 0
 
 
+def attach_document(args) -> int:
+    from app.core.config import get_settings
+    from app.core.database import SessionFactory
+    from app.services.documents import register_document
+
+    files_root = get_settings().files_path
+    document = register_document(SessionFactory, files_root, args.id, args.file)
+    pages = f", {document['page_count']} pages" if document["page_count"] else ""
+    print(f"{'already attached' if document['duplicate'] else 'attached'} to delivery {args.id}: "
+          f"stored as {files_root / document['path']}, sha256 {document['sha256']}, {document['content_type']}{pages}")
+    return 0
+
+
+def run_receipts(args) -> int:
+    from app.core.config import get_settings
+    from app.core.database import SessionFactory, engine, session_scope
+    from app.core.migrations import upgrade_app_schema
+    from app.services.evidence import receipt
+
+    files_root = get_settings().files_path
+    upgrade_app_schema(engine.sa_engine)
+    if args.action == "generate":
+        issued = receipt.generate_receipt(SessionFactory, files_root, args.id, args.regenerate)
+        print(f"{'existing' if issued['existing'] else 'issued'} receipt {issued['receipt_number']} of delivery "
+              f"{args.id}: {files_root / issued['path']}, {issued['pages']} pages, sha256 {issued['sha256']}")
+        return 0
+    with session_scope() as session:
+        if args.action == "verify":
+            result = receipt.verify_receipt(session, files_root, args.file)
+            print(f"{'OK' if result.ok else 'MISMATCH'}: {result.message}")
+            return 0 if result.ok else 1
+        details = receipt.receipt_details(session, files_root, args.id)
+    if args.json:
+        print(json.dumps(details, ensure_ascii=False, indent=2))
+        return 0
+    for detail in details:
+        print("\n".join(f"{key:<18} {value}" for key, value in detail.items() if key != "path"), end="\n\n")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m app", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _deliveries_parser(commands)
+    _receipts_parser(commands)
     _simulator_parser(commands)
     args = parser.parse_args(argv)
     from app.services.errors import PermanentError
 
     try:
         load_settings()
-        return run_simulator(args) if args.command == "simulator" else run_deliveries(args)
+        runners = {"deliveries": run_deliveries, "receipts": run_receipts, "simulator": run_simulator}
+        return runners[args.command](args)
     except (ConfigError, PermanentError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

@@ -32,6 +32,7 @@ def test_import_list_show(tmp_path):
 
     shown = json.loads(run(tmp_path, "deliveries", "show", str(listed[0]["id"]), "--json").stdout)
     assert shown["status"] == "pending" and shown["events"] == []
+    assert (shown["evidence_status"], shown["evidence_error"]) == ("none", None)
     missing = run(tmp_path, "deliveries", "show", "999")
     assert missing.returncode == 1 and missing.stderr.strip() == "error: no delivery 999"
 

@@ -220,7 +220,17 @@ def test_check_fails_with_a_clear_line_when_the_broker_is_down(embedded_project)
     assert "Traceback" not in checked.stdout + checked.stderr
 
 
+def test_check_names_what_the_evidence_workers_miss(embedded_project):
+    embedded_project.env.update(CHROMIUM_PATH="/nonexistent/chromium", CJK_FONT_PATH="/nonexistent/font.ttc")
+    lines = embedded_project.manager("check").stdout.splitlines()
+    chromium = next(line for line in lines if " chromium " in line)
+    font = next(line for line in lines if " cjk font " in line)
+    assert chromium.startswith("FAIL") and "/nonexistent/chromium" in chromium
+    assert font.startswith("FAIL") and "CJK_FONT_PATH=/nonexistent/font.ttc is not a file" in font
+
+
 def test_every_command_has_help(embedded_project):
-    for command in ["start", "foreground", "stop", "restart", "status", "logs", "list", "clear", "run", "check"]:
+    for command in ["start", "foreground", "stop", "restart", "status", "logs", "list", "clear", "run", "check",
+                    "migrate", "createsuperuser"]:
         shown = embedded_project.manager(command, "--help")
         assert shown.returncode == 0 and "usage:" in shown.stdout, command

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 from kombu import Exchange, Queue
-from sqlalchemy import delete, select
+from sqlalchemy import delete
 
 from app.core.database import session_scope
 from app.models import Delivery, TrackingEvent

@@ -32,6 +32,11 @@ def statuses() -> dict[str, str]:
         return {d.tracking_number: d.status for d in session.scalars(select(Delivery))}
 
 
+def evidence_states() -> set[str]:
+    with session_scope() as session:
+        return set(session.scalars(select(Delivery.evidence_status)))
+
+
 def wait_until(condition, timeout=30):
     deadline = time.monotonic() + timeout
     while not condition():
@@ -55,15 +60,16 @@ def test_deliveries_progress_to_delivered_run_by_run(worker, celery_app, deliver
     with session_scope() as session:
         events = session.scalars(select(TrackingEvent)).all()
     assert len(events) == 5 * len(numbers), "every event stored exactly once"
+    wait_until(lambda: evidence_states() == {"complete"}, timeout=120)  # screenshot and receipt, each delivery
 
 
 def test_check_pending_tasks_polls_new_deliveries_once(worker, celery_app, deliveries):
     deliveries("EMNEW0001", "EMNEW0002")
     sent = celery_app.send_task("app.tasks.tracking_tasks.check_pending_tasks").get(timeout=RESULT_TIMEOUT)
-    assert sent == {"pending": 2, "chunks": 1}
+    assert sent == {"pending": 2, "chunks": 1, "evidence": 0}
     wait_until(lambda: set(statuses().values()) == {"in_transit"})
     again = celery_app.send_task("app.tasks.tracking_tasks.check_pending_tasks").get(timeout=RESULT_TIMEOUT)
-    assert again == {"pending": 0, "chunks": 0}, "polled deliveries are update-tracking-status's until overdue"
+    assert again == {"pending": 0, "chunks": 0, "evidence": 0}, "polled deliveries are update-tracking-status's until overdue"
 
 
 def test_check_timeout_tasks_marks_overdue_deliveries(worker, celery_app, deliveries):

@@ -49,6 +49,7 @@ class Settings(BaseSettings):
     var_dir: Path | None = None
     temp_dir: Path | None = None
     backups_dir: Path | None = None
+    files_dir: Path | None = None  # screenshots, receipts and documents, stored by content
 
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     temp_file_ttl_hours: float = Field(24.0, gt=0)
@@ -79,6 +80,10 @@ class Settings(BaseSettings):
     archive_after_days: int = Field(180, ge=1)  # delivered records older than this move to the archive
     failed_retention_days: int = Field(90, ge=1)  # failed/timed-out deliveries are removed after this
     job_run_retention_days: int = Field(90, ge=1)
+    chromium_path: str | None = None  # unset = `chromium` (or chromium-browser, google-chrome) on PATH
+    cjk_font_path: Path | None = None  # unset = what fontconfig finds for Chinese
+    screenshot_timeout: float = Field(30.0, gt=0)  # seconds before a hanging page is abandoned
+    carrier_page_url: str | None = None  # e.g. https://example.com/track?com={carrier}&nu={tracking_number}
     simulator_port: int = Field(8765, ge=1, le=65535)
     simulator_latency_ms: float = Field(50.0, ge=0)
     simulator_error_rate: float = Field(0.0, ge=0, le=1)
@@ -151,6 +156,10 @@ class Settings(BaseSettings):
     @property
     def backups_path(self) -> Path:
         return self.backups_dir or self.var_path / "backups"
+
+    @property
+    def files_path(self) -> Path:
+        return self.files_dir or self.var_path / "files"
 
     @property
     def run_path(self) -> Path:

@@ -284,8 +284,22 @@ def _checks(settings: Settings):
         yield not pending, "migrations", ("all applied" if not pending else
                                           f"{len(pending)} not applied ({', '.join(pending[:3])}…); beat applies them at start")
     yield from _schedule_checks()
+    yield from _evidence_checks(settings)
     if broker.ok:
         yield from _worker_checks()
+
+
+def _evidence_checks(settings: Settings):
+    """What the screenshot and receipt workers need on this host: Chromium and a Chinese font."""
+    from app.services.errors import MissingDependencyError
+    from app.services.evidence.browser import chromium_executable
+    from app.services.evidence.fonts import cjk_font_path
+
+    for name, find in (("chromium", chromium_executable), ("cjk font", cjk_font_path)):
+        try:
+            yield True, name, str(find(settings))
+        except MissingDependencyError as error:
+            yield False, name, str(error)
 
 
 def _schedule_checks():

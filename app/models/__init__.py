@@ -1,8 +1,10 @@
-"""SQLAlchemy models of the domain: deliveries, their tracking events, and periodic job runs."""
+"""SQLAlchemy models of the domain: deliveries, their tracking events and files, and periodic job runs."""
 
 from app.models.archive import ArchivedDelivery, ArchivedTrackingEvent
 from app.models.base import Base
-from app.models.deliveries import Delivery, DeliveryStatus, TrackingEvent
+from app.models.deliveries import Delivery, DeliveryStatus, EvidenceStatus, TrackingEvent
+from app.models.files import DeliveryFile, FileKind
 from app.models.jobs import JobRun
 
-__all__ = ["ArchivedDelivery", "ArchivedTrackingEvent", "Base", "Delivery", "DeliveryStatus", "JobRun", "TrackingEvent"]
+__all__ = ["ArchivedDelivery", "ArchivedTrackingEvent", "Base", "Delivery", "DeliveryFile", "DeliveryStatus",
+           "EvidenceStatus", "FileKind", "JobRun", "TrackingEvent"]

@@ -20,6 +20,13 @@ class DeliveryStatus(StrEnum):
     FAILED = "failed"  # the carrier cannot track it (bad number, wrong carrier)
 
 
+class EvidenceStatus(StrEnum):
+    NONE = "none"  # not delivered yet, or evidence never asked for
+    REQUESTED = "requested"  # screenshot then receipt sent to the workers
+    COMPLETE = "complete"  # screenshot and receipt stored
+    FAILED = "failed"  # a step failed after its retries; evidence_error says why
+
+
 TERMINAL_STATUSES = frozenset({DeliveryStatus.DELIVERED, DeliveryStatus.RETURNED, DeliveryStatus.REJECTED,
                                DeliveryStatus.TIMEOUT, DeliveryStatus.FAILED})
 
@@ -44,6 +51,9 @@ class DeliveryFields:
     poll_count: Mapped[int] = mapped_column(Integer, default=0)
     poll_failures: Mapped[int] = mapped_column(Integer, default=0)
     last_error: Mapped[str | None] = mapped_column(Text)
+    evidence_status: Mapped[str] = mapped_column(String(20), default="none")  # see EvidenceStatus
+    evidence_error: Mapped[str | None] = mapped_column(Text)
+    evidence_requested_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
 

@@ -125,7 +125,8 @@ def delivery_summary(delivery: Delivery) -> dict:
         "deadline": delivery.deadline.isoformat() if delivery.deadline else None,
         "created_at": delivery.created_at.isoformat(), "delivered_at": _iso(delivery.delivered_at),
         "last_polled_at": _iso(delivery.last_polled_at), "next_poll_at": _iso(delivery.next_poll_at),
-        "last_error": delivery.last_error,
+        "last_error": delivery.last_error, "evidence_status": delivery.evidence_status,
+        "evidence_error": delivery.evidence_error,
     }
 
 

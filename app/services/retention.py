@@ -1,4 +1,7 @@
-"""Removing what has outlived its retention: failed deliveries, old job-run history."""
+"""Removing what has outlived its retention: failed deliveries, old job-run history.
+
+A removed delivery's file rows go with it; the files themselves go with the next unreferenced-files cleanup.
+"""
 
 from datetime import datetime
 
@@ -6,13 +9,13 @@ from sqlalchemy import delete, select
 from sqlalchemy.orm import sessionmaker
 
 from app.core.database import session_scope
-from app.models import Delivery, DeliveryStatus, JobRun, TrackingEvent
+from app.models import Delivery, DeliveryFile, DeliveryStatus, JobRun, TrackingEvent
 
 FAILED_STATUSES = [DeliveryStatus.FAILED, DeliveryStatus.TIMEOUT, DeliveryStatus.REJECTED, DeliveryStatus.RETURNED]
 
 
 def remove_expired_deliveries(factory: sessionmaker, cutoff: datetime, batch_size: int = 1000) -> int:
-    """Delete deliveries that ended in failure before `cutoff`, with their events; batch by batch."""
+    """Delete deliveries that ended in failure before `cutoff`, with their events and file rows; batch by batch."""
     removed = 0
     while True:
         with session_scope(factory) as session:
@@ -23,6 +26,9 @@ def remove_expired_deliveries(factory: sessionmaker, cutoff: datetime, batch_siz
                 return removed
             session.execute(delete(TrackingEvent).where(TrackingEvent.delivery_id.in_(ids)))
             session.execute(delete(Delivery).where(Delivery.id.in_(ids)))
+            # After the deliveries: an attach in progress holds its delivery's row lock until its file row
+            # is committed, so this statement, run once that lock is released, sees that row too.
+            session.execute(delete(DeliveryFile).where(DeliveryFile.delivery_id.in_(ids)))
         removed += len(ids)
 
 

@@ -11,7 +11,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.core.database import session_scope
-from app.models import Delivery, DeliveryStatus, TrackingEvent
+from app.models import Delivery, DeliveryStatus, EvidenceStatus, TrackingEvent
 from app.models.base import utcnow
 from app.models.deliveries import TERMINAL_STATUSES
 from app.services.carriers.base import CarrierClient, CarrierConfigError, CarrierError, CarrierRequestError, TrackingResult
@@ -47,7 +47,7 @@ FAILURE_COUNTERS = {"error": "errors", "failed": "failed", "config_error": "conf
 class PollSummary:
     polled: int = 0
     new_events: int = 0
-    delivered: int = 0
+    delivered_ids: list[int] = field(default_factory=list)  # delivered by this poll: their evidence is due
     failed: int = 0  # the carrier rejected the number: no more polls
     errors: int = 0  # transient: backed off, polled again later
     config_errors: int = 0
@@ -144,7 +144,11 @@ def _poll_once(factory, client, limiter, delivery_id, poll_interval) -> tuple[st
                     else "failed" if delivery.status == DeliveryStatus.FAILED else "error")
             return kind, 0, f"{number}: {error}"
         added = apply_result(session, delivery, result, now, poll_interval)
-        return ("delivered" if delivery.status == DeliveryStatus.DELIVERED else "polled"), added, None
+        if delivery.status != DeliveryStatus.DELIVERED:
+            return "polled", added, None
+        # Asked for in the same transaction; the chunk sends the work once this has committed.
+        delivery.evidence_status, delivery.evidence_requested_at = EvidenceStatus.REQUESTED, now
+        return "delivered", added, None
 
 
 def poll_deliveries(factory: sessionmaker, client: CarrierClient, limiter: RateLimiter, ids: list[int],
@@ -153,11 +157,12 @@ def poll_deliveries(factory: sessionmaker, client: CarrierClient, limiter: RateL
     summary = PollSummary()
     with ThreadPoolExecutor(max_workers=max(1, min(concurrency, len(ids)))) as pool:
         outcomes = pool.map(lambda i: poll_one(factory, client, limiter, i, poll_interval), ids)
-        for outcome, added, error in outcomes:
+        for delivery_id, (outcome, added, error) in zip(ids, outcomes):
             summary.new_events += added
             if outcome in ("polled", "delivered"):
                 summary.polled += 1
-                summary.delivered += outcome == "delivered"
+                if outcome == "delivered":
+                    summary.delivered_ids.append(delivery_id)
             else:
                 counter = FAILURE_COUNTERS[outcome]
                 setattr(summary, counter, getattr(summary, counter) + 1)

@@ -43,3 +43,19 @@ class AppTask(Task):
         if deliveries > limit:
             log.error("task %s[%s] started %d times without finishing; dropping it", self.name, task_id, deliveries)
             raise Reject(f"delivered {deliveries} times (limit {limit}): the task keeps killing its worker", requeue=False)
+
+
+class EvidenceTask(AppTask):
+    """A step of a delivery's evidence (first argument: the delivery id); giving up shows on the delivery."""
+
+    abstract = True
+    evidence_step = "evidence"
+
+    def on_failure(self, exc, task_id, args, kwargs, einfo):
+        from app.core.database import session_scope
+        from app.services.evidence.status import mark_failed
+
+        if args:
+            with session_scope() as session:
+                mark_failed(session, args[0], self.evidence_step, f"{type(exc).__name__}: {exc}")
+        super().on_failure(exc, task_id, args, kwargs, einfo)

@@ -60,6 +60,12 @@ BEAT_SCHEDULE = {
         "schedule": crontab(minute=0, hour=4),
         "options": {"queue": Queue.LOW_PRIORITY, "expire_seconds": DAY},
     },
+    # After cleanup-expired-tasks, which removes the rows whose files this deletes.
+    "cleanup-unreferenced-files": {
+        "task": "app.tasks.file_tasks.cleanup_unreferenced_files",
+        "schedule": crontab(minute=15, hour=4),
+        "options": {"queue": Queue.LOW_PRIORITY, "expire_seconds": DAY},
+    },
     # 每周任务 (weekly): Sunday night, the quietest hour of the week.
     "cleanup-logs": {
         "task": "app.tasks.file_tasks.cleanup_logs",

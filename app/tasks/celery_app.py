@@ -43,7 +43,8 @@ TASK_ROUTES = {
     "app.tasks.maintenance_tasks.*": {"queue": Queue.LOW_PRIORITY},
 }
 
-TASK_MODULES = ["app.tasks.tracking_tasks", "app.tasks.file_tasks", "app.tasks.maintenance_tasks"]
+TASK_MODULES = ["app.tasks.tracking_tasks", "app.tasks.file_tasks", "app.tasks.maintenance_tasks",
+                "app.tasks.screenshot_tasks", "app.tasks.receipt_tasks"]
 
 
 def celery_config(settings: Settings) -> dict:

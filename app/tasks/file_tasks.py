@@ -1,8 +1,11 @@
-"""File housekeeping: temp files, result keys, logs, and the disk they live on."""
+"""File housekeeping (temp files, result keys, logs, the disk they live on) and delivery documents."""
 
 import logging
+from pathlib import Path
 
 from app.core.config import get_settings
+from app.core.database import SessionFactory
+from app.services import documents
 from app.services.disk import check_disk_space as measure_disk_space, worst
 from app.services.files import cleanup_temp_files as sweep_temp_files
 from app.services.logs import rotate_logs
@@ -18,7 +21,7 @@ def check_disk_space() -> dict:
     """Usage of the data and log volumes against DISK_WARN_PERCENT / DISK_CRITICAL_PERCENT."""
     settings = get_settings()
     volumes = measure_disk_space(
-        [settings.var_path, settings.logs_path, settings.temp_path, settings.backups_path],
+        [settings.var_path, settings.logs_path, settings.temp_path, settings.backups_path, settings.files_path],
         settings.disk_warn_percent,
         settings.disk_critical_percent,
     )
@@ -47,3 +50,16 @@ def cleanup_logs() -> dict:
     """Rotate logs by rename, compress rotated files, delete those past LOG_RETENTION_DAYS."""
     settings = get_settings()
     return rotate_logs(settings.logs_path, settings.log_retention_days).as_dict()
+
+
+@app.task(**DEFAULT_POLICY)
+def register_document(delivery_id: int, path: str, original_name: str | None = None) -> dict:
+    """Store a PDF or image for a delivery under the files root, once per content; reject anything else."""
+    return documents.register_document(SessionFactory, get_settings().files_path, delivery_id, Path(path),
+                                       original_name)
+
+
+@app.task(**DEFAULT_POLICY)
+def cleanup_unreferenced_files() -> dict:
+    """Delete stored files that no delivery file row references, once older than an hour."""
+    return documents.remove_unreferenced_files(SessionFactory, get_settings().files_path).as_dict()

@@ -13,6 +13,7 @@ from app.core.config import TIMEZONE, get_settings
 from app.core.database import SessionFactory, engine, session_scope
 from app.models.base import utcnow
 from app.services.carriers.kuaidi100 import Kuaidi100Client
+from app.services.evidence.status import mark_requested, missing_evidence_ids
 from app.services.health import HealthThresholds, check_system_health
 from app.services.job_runs import mark_lost_runs
 from app.services.ratelimit import RateLimiter
@@ -25,6 +26,7 @@ from app.services.tracking import (
     poll_deliveries,
 )
 from app.tasks.celery_app import HARD_TIME_LIMIT, SOFT_TIME_LIMIT, app
+from app.tasks.evidence import send_evidence
 from app.tasks.policies import CRITICAL_POLICY, DEFAULT_POLICY
 
 log = logging.getLogger(__name__)
@@ -34,6 +36,10 @@ MAX_DUE_PER_RUN = 50_000
 POLL_LEASE = timedelta(seconds=2 * SOFT_TIME_LIMIT)
 # A poll this late means update-tracking-status is not keeping up; check-pending-tasks steps in.
 OVERDUE_AFTER = timedelta(hours=1)
+# Evidence asked for this long ago and not complete is asked for again: longer than a chain takes
+# through all its retries (screenshot 3, receipt 5, backoff capped at 10 minutes, 10-minute limits).
+EVIDENCE_RETRY_AFTER = timedelta(hours=2)
+MAX_EVIDENCE_PER_RUN = 1000
 
 
 def _ping_database() -> None:
@@ -88,11 +94,14 @@ def _send_chunks(ids: list[int]) -> int:
 
 @app.task(**CRITICAL_POLICY)
 def check_pending_tasks() -> dict:
-    """Send work for deliveries that need it now: never polled, or a poll overdue by an hour."""
+    """Send work for deliveries that need it now: never polled, a poll overdue by an hour, or
+    delivered without their evidence (never asked for, lost on the way, or failed a while ago)."""
     now = utcnow()
     with session_scope() as session:
         ids = claim(session, pending_delivery_ids(session, now, MAX_DUE_PER_RUN, OVERDUE_AFTER), now, POLL_LEASE)
-    return {"pending": len(ids), "chunks": _send_chunks(ids)}
+        evidence_ids = missing_evidence_ids(session, now - EVIDENCE_RETRY_AFTER, MAX_EVIDENCE_PER_RUN)
+        mark_requested(session, evidence_ids)
+    return {"pending": len(ids), "chunks": _send_chunks(ids), "evidence": send_evidence(evidence_ids)}
 
 
 @app.task(**DEFAULT_POLICY)
@@ -109,6 +118,7 @@ def poll_tracking_chunk(delivery_ids: list[int]) -> dict:
     settings = get_settings()
     summary = poll_deliveries(SessionFactory, carrier_client(), carrier_rate_limit(), delivery_ids,
                               timedelta(minutes=settings.tracking_poll_interval), settings.tracking_concurrency)
+    send_evidence(summary.delivered_ids)  # each delivery's transaction has committed by now
     return summary.as_dict()
 
 

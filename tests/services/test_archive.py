@@ -4,9 +4,7 @@ from datetime import timedelta
 
 import pytest
 from sqlalchemy import func, select
-from sqlalchemy.orm import sessionmaker
 
-from app.core.migrations import upgrade_app_schema
 from app.models import ArchivedDelivery, ArchivedTrackingEvent, Delivery, JobRun, TrackingEvent
 from app.models.base import utcnow
 from app.services.archive import archive_delivered
@@ -14,12 +12,6 @@ from app.services.retention import remove_expired_deliveries, remove_old_job_run
 
 NOW = utcnow()
 CUTOFF = NOW - timedelta(days=180)
-
-
-@pytest.fixture
-def factory(sa_engine):
-    upgrade_app_schema(sa_engine)
-    return sessionmaker(bind=sa_engine, expire_on_commit=False)
 
 
 def seed(factory, count, status, age_days, events_each=2):

@@ -4,10 +4,8 @@ from datetime import date, timedelta
 
 import pytest
 from sqlalchemy import func, select
-from sqlalchemy.orm import sessionmaker
 
 from app.core.broker import redis_client
-from app.core.migrations import upgrade_app_schema
 from app.models import Delivery, DeliveryStatus, TrackingEvent
 from app.models.base import utcnow
 from app.services.carriers.base import CarrierEvent, TrackingResult
@@ -27,12 +25,6 @@ from app.services.tracking import (
 
 CUSTOMER, KEY = "C1", "K1"
 INTERVAL = timedelta(minutes=30)
-
-
-@pytest.fixture
-def factory(sa_engine):
-    upgrade_app_schema(sa_engine)
-    return sessionmaker(bind=sa_engine, expire_on_commit=False)
 
 
 @pytest.fixture

@@ -3,6 +3,7 @@
 import os
 import shutil
 
+import psutil
 import pytest
 
 # Without the background-networking flags Chromium keeps dialling Google's hosts, which a closed
@@ -21,3 +22,9 @@ def chromium_path() -> str:
 
 def launch(playwright):
     return playwright.chromium.launch(executable_path=chromium_path(), headless=True, args=CHROMIUM_FLAGS)
+
+
+def browser_processes(token: str) -> list[psutil.Process]:
+    """The main Chromium process an app BrowserSession launched with `token`."""
+    return [p for p in psutil.process_iter(["cmdline"])
+            if f"--evidence-browser={token}" in (p.info["cmdline"] or [])]

@@ -18,6 +18,9 @@ from app.services.carriers.base import (
 CHINA = ZoneInfo("Asia/Shanghai")
 RETRYABLE_CODES = {"500", "501", "502"}
 CONFIG_CODES = {"503", "601"}
+# Display names of the Kuaidi100 company codes this service meets most.
+COMPANY_NAMES = {"ems": "EMS", "youzhengguonei": "中国邮政", "shunfeng": "顺丰速运", "yuantong": "圆通速递",
+                 "zhongtong": "中通快递", "shentong": "申通快递", "yunda": "韵达快递", "jd": "京东物流"}
 
 
 def sign(param: str, key: str, customer: str) -> str:

@@ -1,0 +1,18 @@
+"""Fixtures of the service tests: a session factory on a fresh database, a files root."""
+
+import pytest
+from sqlalchemy.orm import sessionmaker
+
+from app.core.migrations import upgrade_app_schema
+
+
+@pytest.fixture
+def factory(sa_engine):
+    """Sessions on a fresh, migrated SQLite file and PostgreSQL database."""
+    upgrade_app_schema(sa_engine)
+    return sessionmaker(bind=sa_engine, expire_on_commit=False)
+
+
+@pytest.fixture
+def files_root(tmp_path):
+    return tmp_path / "files"
