@@ -9,8 +9,8 @@ import time
 
 import redis
 
-# Reserves the next slot and returns the seconds until it, or -1 when that is beyond the
-# caller's patience (ARGV[2]; nothing is reserved then). Uses the server's clock, so every
+# Reserves the next slot and returns {seconds until it, the slot on the server's clock}, or -1
+# when that is beyond the caller's patience (ARGV[2]; nothing is reserved then). Uses the server's clock, so every
 # worker agrees on "now" whatever its own clock says.
 RESERVE_SCRIPT = """
 local now_parts = redis.call('TIME')
@@ -22,7 +22,7 @@ if slot < now then slot = now end
 local wait = slot - now
 if wait > patience then return '-1' end
 redis.call('SET', KEYS[1], tostring(slot + interval), 'PX', math.ceil((wait + interval + 1) * 1000))
-return tostring(wait)
+return {tostring(wait), tostring(slot)}
 """
 
 
@@ -34,10 +34,19 @@ class RateLimiter:
         self.interval = 1.0 / rate
         self._script = client.register_script(RESERVE_SCRIPT)
 
+    def reserve_slot(self, patience: float) -> tuple[float, float] | None:
+        """Reserve the next slot within `patience` seconds: (seconds until it, its time on the
+        Redis server's clock), or None."""
+        answer = self._script(keys=[self.key], args=[self.interval, patience])
+        if not isinstance(answer, list):
+            return None
+        wait, slot = answer
+        return float(wait), float(slot)
+
     def reserve(self, patience: float) -> float | None:
         """Reserve the next slot within `patience` seconds: the seconds until it, or None."""
-        wait = float(self._script(keys=[self.key], args=[self.interval, patience]))
-        return None if wait < 0 else wait
+        reserved = self.reserve_slot(patience)
+        return None if reserved is None else reserved[0]
 
     def acquire(self, timeout: float = 60.0) -> None:
         """Block until this caller's slot; TimeoutError when none is free within `timeout`."""
