@@ -8,11 +8,19 @@ DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/13"
 DEFAULT_POSTGRES_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/test"
 
 
+def worker_database(url: str) -> str:
+    """Under pytest-xdist, worker gwN takes database number base + N, so workers never flush each other's."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    base, _, number = url.rpartition("/")
+    return f"{base}/{int(number or 0) + int(worker.removeprefix('gw'))}"
+
+
 def redis_test_url() -> str:
-    """TEST_REDIS_URL (a database number reserved for these tests), flushed; skip when absent."""
+    """TEST_REDIS_URL's database (one number per test worker, reserved for these tests), flushed;
+    skip when absent."""
     import redis
 
-    url = os.environ.get("TEST_REDIS_URL", DEFAULT_REDIS_URL)
+    url = worker_database(os.environ.get("TEST_REDIS_URL", DEFAULT_REDIS_URL))
     try:
         client = redis.Redis.from_url(url, socket_connect_timeout=2)
         client.ping()
