@@ -1,6 +1,7 @@
 """Tracking screenshots on the `screenshot` queue: one reused Chromium per worker process."""
 
 import logging
+import os
 from functools import lru_cache
 
 from celery.exceptions import SoftTimeLimitExceeded
@@ -19,7 +20,14 @@ log = logging.getLogger(__name__)
 
 @lru_cache(maxsize=1)
 def browser() -> BrowserSession:
-    """This process's browser (created in the worker child, after the fork)."""
+    """This process's browser (created in the worker child, after the fork).
+
+    Playwright's sync API keeps an asyncio loop running in this thread between calls, which
+    Django's async-safety check takes for async code and refuses every ORM call after (the
+    beat tables, Celery's Django fixup). The code here is synchronous, so the check is lifted
+    for this process.
+    """
+    os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
     return BrowserSession(get_settings())
 
 
