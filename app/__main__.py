@@ -1,4 +1,5 @@
-"""python -m app: domain commands (deliveries, receipts). The service itself runs from celery_beat_manager.py."""
+"""python -m app: domain commands (deliveries, receipts, reports, backups). The service itself runs from
+celery_beat_manager.py."""
 
 import argparse
 import json
@@ -177,18 +178,146 @@ def run_receipts(args) -> int:
     return 0
 
 
+def _backups_parser(commands) -> None:
+    backups = commands.add_parser("backups", help="list the database backups, restore one",
+                                  description="The backups the backup-database job writes under BACKUPS_DIR.")
+    actions = backups.add_subparsers(dest="action", required=True, metavar="ACTION")
+    listing = actions.add_parser("list", help="every backup, newest first: size, age, what rotation keeps it for",
+                                 description="'kept for' names the periods (daily, weekly, monthly) that keep a "
+                                             "backup at the next rotation; '-' means the next rotation deletes it.")
+    listing.add_argument("--json", action="store_true")
+    restore = actions.add_parser("restore", help="replace the database with a backup (stop the services first)",
+                                 description="Verify the backup, ask for confirmation, then replace the database "
+                                             "(DATABASE_URL, or --target-url) with it. Stop the services first: "
+                                             "celery_beat_manager.py stop --service all.")
+    restore.add_argument("file", type=Path, metavar="FILE", help="a backup file, or the name of one in BACKUPS_DIR")
+    restore.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    restore.add_argument("--target-url", metavar="URL", help="restore into this database instead of DATABASE_URL")
+
+
+def run_backups(args) -> int:
+    from app.core.config import get_settings
+    from app.services import backups
+
+    settings = get_settings()
+    if args.action == "list":
+        return print_backups(backups.list_backups(settings), args.json, settings.backups_path)
+    target = backups.restore_target(settings, args.target_url).render_as_string(hide_password=True)
+    if not args.yes and not _confirm(f"Replace everything in {target} with {args.file}? "
+                                     "The services must be stopped."):
+        print("nothing changed")
+        return 1
+    restored = backups.restore_backup(settings, args.file, args.target_url)
+    print(f"restored {Path(restored['file']).name} into {restored['target']} in {restored['seconds']:.1f} s")
+    return 0
+
+
+def print_backups(found: list[dict], as_json: bool, folder: Path) -> int:
+    from datetime import datetime
+
+    from app.manager.output import human_bytes, human_duration
+
+    if as_json:
+        print(json.dumps(found, indent=2))
+        return 0
+    if not found:
+        print(f"no backups in {folder}")
+        return 0
+    now = datetime.now().astimezone()
+    print(table(["name", "size", "age", "kept for"],
+                [[backup["name"], human_bytes(backup["size"]),
+                  human_duration((now - datetime.fromisoformat(backup["taken_at"])).total_seconds()),
+                  ", ".join(backup["kept_for"]) or "-"] for backup in found]))
+    return 0
+
+
+def _confirm(question: str) -> bool:
+    from app.services.errors import PermanentError
+
+    if not sys.stdin.isatty():
+        raise PermanentError("refusing to ask for confirmation without a terminal: pass --yes")
+    return input(f"{question} [y/N] ").strip().lower() in ("y", "yes")
+
+
+def _reports_parser(commands) -> None:
+    reports = commands.add_parser("reports", help="generate and show the daily, weekly and monthly delivery reports",
+                                  description="Periods are Asia/Shanghai days, Monday-Sunday weeks and calendar "
+                                              "months. Each report is a row plus an HTML page with charts and a "
+                                              "CSV under REPORTS_DIR (default var/reports/<kind>/<first day>).")
+    actions = reports.add_subparsers(dest="action", required=True, metavar="ACTION")
+    show = actions.add_parser("show", help="a stored report's numbers and the paths of its HTML and CSV files",
+                              description="Exit 1 when the period has no report (generate makes one).")
+    generate = actions.add_parser("generate", help="compute a period's report now, in this process",
+                                  description="Writes the HTML and CSV and stores the row; a period run again "
+                                              "replaces its earlier report.")
+    for action in (show, generate):
+        action.add_argument("kind", choices=("daily", "weekly", "monthly"), metavar="KIND",
+                            help="daily, weekly or monthly")
+        action.add_argument("date", nargs="?", metavar="DATE",
+                            help="any day inside the period, e.g. 2026-11-28 (default: the period just ended)")
+    show.add_argument("--json", action="store_true")
+
+
+def run_reports(args) -> int:
+    from app.core.config import get_settings
+    from app.core.database import SessionFactory, engine, session_scope
+    from app.core.migrations import upgrade_app_schema
+    from app.services import reports
+    from app.services.errors import PermanentError
+
+    reports_root = get_settings().reports_path
+    upgrade_app_schema(engine.sa_engine)
+    day = reports.parse_day(args.date) if args.date else reports.last_ended_period(args.kind)[0]
+    if args.action == "generate":
+        summary = reports.generate_report(SessionFactory, reports_root, args.kind, day)
+        print(f"{'replaced' if summary['replaced'] else 'wrote'} the {args.kind} report of {summary['period_start']}: "
+              f"{reports_root / summary['html_path']}, {reports_root / summary['csv_path']}")
+        return 0
+    with session_scope() as session:
+        details = reports.report_details(session, reports_root, args.kind, day)
+    if details is None:
+        raise PermanentError(f"no {args.kind} report for {day.isoformat()}")
+    return print_report(details, args.json)
+
+
+def print_report(details: dict, as_json: bool) -> int:
+    if as_json:
+        print(json.dumps(details, ensure_ascii=False, indent=2))
+        return 0
+    numbers = details["numbers"]
+    print(f"{details['kind']} report from {details['period_start']} to {details['period_end']} (exclusive), "
+          f"generated {details['generated_at']}\nhtml  {details['html_path']}\ncsv   {details['csv_path']}\n")
+    overview = [*numbers["deliveries"].items(), ("receipts_issued", numbers["receipts_issued"]),
+                *((f"{key}_hours", value) for key, value in numbers["time_to_delivery_hours"].items())]
+    print(table(None, [[key, _dash(value)] for key, value in overview]), end="\n\n")
+    print(table(["carrier", "created", "delivered", "median hours"],
+                [[c["carrier"], c["created"], c["delivered"], _dash(c["median_hours"])] for c in numbers["carriers"]])
+          or "no deliveries", end="\n\n")
+    print(table(["job", "runs", "failures", "longest s"],
+                [[j["name"], j["runs"], j["failures"], _dash(j["longest_seconds"])] for j in numbers["jobs"]])
+          or "no job runs")
+    return 0
+
+
+def _dash(value):
+    return "-" if value is None else value
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m app", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _deliveries_parser(commands)
     _receipts_parser(commands)
     _simulator_parser(commands)
+    _backups_parser(commands)
+    _reports_parser(commands)
     args = parser.parse_args(argv)
     from app.services.errors import PermanentError
 
     try:
         load_settings()
-        runners = {"deliveries": run_deliveries, "receipts": run_receipts, "simulator": run_simulator}
+        runners = {"deliveries": run_deliveries, "receipts": run_receipts, "simulator": run_simulator,
+                   "backups": run_backups, "reports": run_reports}
         return runners[args.command](args)
     except (ConfigError, PermanentError) as error:
         print(f"error: {error}", file=sys.stderr)

@@ -98,3 +98,11 @@ def test_bad_value_stops_a_celery_worker_with_one_line(tmp_path):
     assert result.returncode != 0
     assert "Traceback" not in result.stderr
     assert "LOG_RETENTION_DAYS" in result.stderr
+
+
+def test_a_malformed_webhook_url_is_named_without_its_key(monkeypatch):
+    monkeypatch.setenv("ALERT_WEBHOOK_URL", "qyapi.weixin.qq.com/cgi-bin/webhook/send?key=SECRET")
+    with pytest.raises(ConfigError) as error:
+        load_settings()
+    assert "ALERT_WEBHOOK_URL must be an http:// or https:// robot URL" in str(error.value)
+    assert "SECRET" not in str(error.value)

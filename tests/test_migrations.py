@@ -7,11 +7,12 @@ from app.core.migrations import pending_app_revisions, upgrade_app_schema
 
 
 def test_upgrade_creates_the_tables_and_is_idempotent(sa_engine):
-    assert pending_app_revisions(sa_engine) == ["0001", "0002", "0003"]
+    assert pending_app_revisions(sa_engine) == ["0001", "0002", "0003", "0004"]
     upgrade_app_schema(sa_engine)
     upgrade_app_schema(sa_engine)
     tables = set(schema(sa_engine).get_table_names())
-    assert {"deliveries", "tracking_events", "job_runs", "deliveries_archive", "tracking_events_archive", "delivery_files",
+    assert {"deliveries", "tracking_events", "job_runs", "deliveries_archive", "tracking_events_archive",
+            "delivery_files", "reports", "alert_incidents",
             "alembic_version"} <= tables
     assert pending_app_revisions(sa_engine) == []
 

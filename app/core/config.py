@@ -50,6 +50,7 @@ class Settings(BaseSettings):
     temp_dir: Path | None = None
     backups_dir: Path | None = None
     files_dir: Path | None = None  # screenshots, receipts and documents, stored by content
+    reports_dir: Path | None = None  # report HTML and CSV files
 
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     temp_file_ttl_hours: float = Field(24.0, gt=0)
@@ -80,6 +81,10 @@ class Settings(BaseSettings):
     archive_after_days: int = Field(180, ge=1)  # delivered records older than this move to the archive
     failed_retention_days: int = Field(90, ge=1)  # failed/timed-out deliveries are removed after this
     job_run_retention_days: int = Field(90, ge=1)
+    backup_keep_daily: int = Field(7, ge=1)
+    backup_keep_weekly: int = Field(4, ge=0)
+    backup_keep_monthly: int = Field(6, ge=0)
+    alert_webhook_url: str | None = None  # a WeCom (企业微信) or DingTalk (钉钉) group robot URL
     chromium_path: str | None = None  # unset = `chromium` (or chromium-browser, google-chrome) on PATH
     cjk_font_path: Path | None = None  # unset = what fontconfig finds for Chinese
     screenshot_timeout: float = Field(30.0, gt=0)  # seconds before a hanging page is abandoned
@@ -115,6 +120,13 @@ class Settings(BaseSettings):
     @classmethod
     def _database_scheme(cls, value):
         return _check_url("DATABASE_URL", value, DATABASE_SCHEMES)
+
+    @field_validator("alert_webhook_url")
+    @classmethod
+    def _webhook_scheme(cls, value):
+        if value is not None and urlsplit(value).scheme not in ("http", "https"):
+            raise ValueError("ALERT_WEBHOOK_URL must be an http:// or https:// robot URL")  # the URL holds a key
+        return value
 
     @field_validator("flower_basic_auth")
     @classmethod
@@ -160,6 +172,10 @@ class Settings(BaseSettings):
     @property
     def files_path(self) -> Path:
         return self.files_dir or self.var_path / "files"
+
+    @property
+    def reports_path(self) -> Path:
+        return self.reports_dir or self.var_path / "reports"
 
     @property
     def run_path(self) -> Path:

@@ -64,6 +64,9 @@ class Delivery(DeliveryFields, Base):
     __table_args__ = (
         UniqueConstraint("carrier", "tracking_number"),
         Index("ix_deliveries_status_next_poll", "status", "next_poll_at"),
+        # The reports' period scans; the included columns let PostgreSQL answer from the index alone.
+        Index("ix_deliveries_created_at", "created_at", postgresql_include=["carrier"]),
+        Index("ix_deliveries_delivered_at", "delivered_at", postgresql_include=["created_at", "carrier"]),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)

@@ -26,6 +26,7 @@ class DeliveryFile(Base):
     __table_args__ = (
         UniqueConstraint("delivery_id", "kind", "sha256"),
         Index("ix_delivery_files_delivery_kind", "delivery_id", "kind"),
+        Index("ix_delivery_files_kind_created_at", "kind", "created_at"),  # receipts issued in a period
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)

@@ -31,9 +31,10 @@ def finish_run(factory: sessionmaker, task_id: str, outcome: str, summary) -> No
                         .values(finished_at=utcnow(), outcome=outcome, summary=text[:SUMMARY_CHARS]))
 
 
-def mark_lost_runs(factory: sessionmaker, started_before: datetime) -> int:
-    """Runs still 'running' that started before `started_before` (past any time limit) are lost."""
+def mark_lost_runs(factory: sessionmaker, started_before: datetime) -> list[str]:
+    """Runs still 'running' that started before `started_before` (past any time limit) are lost; their jobs."""
     with session_scope(factory) as session:
-        return session.execute(update(JobRun)
-                               .where(JobRun.outcome == "running", JobRun.started_at < started_before)
-                               .values(outcome="lost", finished_at=utcnow())).rowcount
+        return list(session.scalars(update(JobRun)
+                                    .where(JobRun.outcome == "running", JobRun.started_at < started_before)
+                                    .values(outcome="lost", finished_at=utcnow())
+                                    .returning(JobRun.name)))

@@ -54,7 +54,22 @@ BEAT_SCHEDULE = {
         "schedule": crontab(minute=20),
         "options": {"queue": Queue.HIGH_PRIORITY, "expire_seconds": HOUR},
     },
-    # 每日任务 (daily): the small hours, after the day's reports and backups.
+    # 每日任务 (daily, 02:00-04:30): the report, the backup, the optimiser, then the cleanups.
+    "generate-daily-report": {
+        "task": "app.tasks.report_tasks.generate_daily_report",
+        "schedule": crontab(minute=0, hour=2),
+        "options": {"queue": Queue.LOW_PRIORITY, "expire_seconds": DAY},
+    },
+    "backup-database": {
+        "task": "app.tasks.maintenance_tasks.backup_database",
+        "schedule": crontab(minute=30, hour=2),
+        "options": {"queue": Queue.LOW_PRIORITY, "expire_seconds": DAY},
+    },
+    "optimize-database": {
+        "task": "app.tasks.maintenance_tasks.optimize_database",
+        "schedule": crontab(minute=0, hour=3),
+        "options": {"queue": Queue.LOW_PRIORITY, "expire_seconds": DAY},
+    },
     "cleanup-expired-tasks": {
         "task": "app.tasks.maintenance_tasks.cleanup_expired_tasks",
         "schedule": crontab(minute=0, hour=4),
@@ -72,10 +87,20 @@ BEAT_SCHEDULE = {
         "schedule": crontab(minute=30, hour=3, day_of_week="sun"),
         "options": {"queue": Queue.LOW_PRIORITY, "expire_seconds": DAY},
     },
+    "generate-weekly-report": {
+        "task": "app.tasks.report_tasks.generate_weekly_report",
+        "schedule": crontab(minute=0, hour=6, day_of_week="mon"),
+        "options": {"queue": Queue.LOW_PRIORITY, "expire_seconds": DAY},
+    },
     # 每月任务 (monthly): the 1st, after cleanup-expired-tasks has run.
     "archive-old-data": {
         "task": "app.tasks.maintenance_tasks.archive_old_data",
         "schedule": crontab(minute=30, hour=4, day_of_month=1),
+        "options": {"queue": Queue.LOW_PRIORITY, "expire_seconds": DAY},
+    },
+    "generate-monthly-report": {
+        "task": "app.tasks.report_tasks.generate_monthly_report",
+        "schedule": crontab(minute=0, hour=6, day_of_month=1),
         "options": {"queue": Queue.LOW_PRIORITY, "expire_seconds": DAY},
     },
 }

@@ -19,6 +19,7 @@ from app.core.config import TIMEZONE, Settings, get_settings  # noqa: E402
 from app.core.logging import task_result_record, write_task_result  # noqa: E402
 from app.core.database import SessionFactory  # noqa: E402
 from app.core.migrations import migrate_all  # noqa: E402
+from app.services.alerts import alert_job_outcome  # noqa: E402
 from app.services.job_runs import finish_run, start_run  # noqa: E402
 from app.tasks.policies import RETRY_BACKOFF_MAX  # noqa: E402
 from app.tasks.queues import Queue  # noqa: E402
@@ -41,10 +42,11 @@ TASK_ROUTES = {
     "app.tasks.receipt_tasks.*": {"queue": Queue.RECEIPT},
     "app.tasks.screenshot_tasks.*": {"queue": Queue.SCREENSHOT},
     "app.tasks.maintenance_tasks.*": {"queue": Queue.LOW_PRIORITY},
+    "app.tasks.report_tasks.*": {"queue": Queue.LOW_PRIORITY},
 }
 
 TASK_MODULES = ["app.tasks.tracking_tasks", "app.tasks.file_tasks", "app.tasks.maintenance_tasks",
-                "app.tasks.screenshot_tasks", "app.tasks.receipt_tasks"]
+                "app.tasks.screenshot_tasks", "app.tasks.receipt_tasks", "app.tasks.report_tasks"]
 
 
 def celery_config(settings: Settings) -> dict:
@@ -129,8 +131,11 @@ def _log_finished_task(task_id=None, task=None, retval=None, state=None, **_):
     started = _started.pop(task_id, None)
     if state not in FINISHED_STATES:  # a retry, or a child dying at its hard limit
         return
-    if _periodic_job_name(task):
-        _record_run(finish_run, task_id, "success" if state == states.SUCCESS else state.lower(), retval)
+    job = _periodic_job_name(task)
+    if job:
+        outcome = "success" if state == states.SUCCESS else state.lower()
+        _record_run(finish_run, task_id, outcome, retval)
+        alert_job_outcome(SessionFactory, job, outcome, retval, get_settings().alert_webhook_url)
     record = task_result_record(
         task_id=task_id,
         name=task.name,

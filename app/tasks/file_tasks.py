@@ -6,6 +6,7 @@ from pathlib import Path
 from app.core.config import get_settings
 from app.core.database import SessionFactory
 from app.services import documents
+from app.services.alerts import alert_disk
 from app.services.disk import check_disk_space as measure_disk_space, worst
 from app.services.files import cleanup_temp_files as sweep_temp_files
 from app.services.logs import rotate_logs
@@ -18,13 +19,15 @@ log = logging.getLogger(__name__)
 
 @app.task(**DEFAULT_POLICY)
 def check_disk_space() -> dict:
-    """Usage of the data and log volumes against DISK_WARN_PERCENT / DISK_CRITICAL_PERCENT."""
+    """Usage of the data and log volumes against DISK_WARN/CRITICAL_PERCENT; one past them is an incident."""
     settings = get_settings()
     volumes = measure_disk_space(
-        [settings.var_path, settings.logs_path, settings.temp_path, settings.backups_path, settings.files_path],
+        [settings.var_path, settings.logs_path, settings.temp_path, settings.backups_path, settings.files_path,
+         settings.reports_path],
         settings.disk_warn_percent,
         settings.disk_critical_percent,
     )
+    alert_disk(SessionFactory, volumes, settings.alert_webhook_url)
     status = worst(v.status for v in volumes)
     if status != "ok":
         log.warning("disk space %s: %s", status, ", ".join(f"{v.paths[0]} {v.percent}%" for v in volumes))

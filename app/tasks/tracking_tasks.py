@@ -6,17 +6,21 @@ from functools import lru_cache
 from zoneinfo import ZoneInfo
 
 from celery import group
+from django.db import DatabaseError
 from sqlalchemy import text
+from sqlalchemy.exc import SQLAlchemyError
 
 from app.core.broker import redis_client
 from app.core.config import TIMEZONE, get_settings
 from app.core.database import SessionFactory, engine, session_scope
 from app.models.base import utcnow
+from app.services.alerts import alert_health, alert_lost_runs, alert_timeouts, overdue_references
 from app.services.carriers.kuaidi100 import Kuaidi100Client
 from app.services.evidence.status import mark_requested, missing_evidence_ids
 from app.services.health import HealthThresholds, check_system_health
 from app.services.job_runs import mark_lost_runs
 from app.services.ratelimit import RateLimiter
+from app.services.stalls import ScheduledJob, check_stalls
 from app.services.tracking import (
     chunked,
     claim,
@@ -40,6 +44,7 @@ OVERDUE_AFTER = timedelta(hours=1)
 # through all its retries (screenshot 3, receipt 5, backoff capped at 10 minutes, 10-minute limits).
 EVIDENCE_RETRY_AFTER = timedelta(hours=2)
 MAX_EVIDENCE_PER_RUN = 1000
+TIMEOUT_REFERENCES_IN_ALERT = 5
 
 
 def _ping_database() -> None:
@@ -66,9 +71,30 @@ def carrier_rate_limit() -> RateLimiter:
     return RateLimiter(redis_client(settings.broker_url), "kuaidi100", settings.kuaidi100_rate_limit)
 
 
+def _scheduled_jobs() -> list[ScheduledJob]:
+    """The enabled jobs of the schedule table as beat runs them (an admin's edit included)."""
+    # Django models load only once celery_app has set Django up.
+    from django_celery_beat.models import PeriodicTask
+
+    from app.scheduling.models import CodeDefinedJob
+
+    since = dict(CodeDefinedJob.objects.values_list("name", "synced_at"))
+    rows = PeriodicTask.objects.filter(name__in=since, enabled=True, crontab__isnull=False).select_related("crontab")
+    return [ScheduledJob(row.name, row.crontab.schedule, since[row.name]) for row in rows]
+
+
+def _stalled_jobs(webhook_url: str | None) -> list[str]:
+    """Raise or clear each job's stall; skipped, with a warning, while the schedule cannot be read."""
+    try:
+        return check_stalls(SessionFactory, _scheduled_jobs(), utcnow(), webhook_url)
+    except (DatabaseError, SQLAlchemyError) as error:
+        log.warning("stalled jobs not checked: %s", error)
+        return []
+
+
 @app.task(**CRITICAL_POLICY)
 def system_health_check() -> dict:
-    """Database, broker, disk, memory and load; the structured report is the result."""
+    """Database, broker, disk, memory and load, then stalled jobs; each failure is an incident."""
     settings = get_settings()
     report = check_system_health(
         ping_database=_ping_database,
@@ -81,7 +107,10 @@ def system_health_check() -> dict:
             load_warn_per_cpu=settings.load_warn_per_cpu,
         ),
     )
-    return report.as_dict()
+    alert_health(SessionFactory, report, settings.alert_webhook_url)
+    database_down = any(check.name == "database" for check in report.degraded)
+    stalled = [] if database_down else _stalled_jobs(settings.alert_webhook_url)
+    return {**report.as_dict(), "stalled_jobs": stalled}
 
 
 def _send_chunks(ids: list[int]) -> int:
@@ -124,13 +153,17 @@ def poll_tracking_chunk(delivery_ids: list[int]) -> dict:
 
 @app.task(**DEFAULT_POLICY)
 def check_timeout_tasks() -> dict:
-    """Deliveries past their deadline become `timeout`; job runs running past the hard limit, `lost`."""
+    """Deliveries past their deadline become `timeout`, job runs past the hard limit `lost`: incidents both."""
     today = datetime.now(ZoneInfo(TIMEZONE)).date()
+    webhook_url = get_settings().alert_webhook_url
     with session_scope() as session:
+        references = overdue_references(session, today, TIMEOUT_REFERENCES_IN_ALERT)
         timed_out = mark_overdue_deliveries(session, today)
+    alert_timeouts(SessionFactory, timed_out, references, webhook_url)
     lost = mark_lost_runs(SessionFactory, utcnow() - timedelta(seconds=HARD_TIME_LIMIT + 60))
+    alert_lost_runs(SessionFactory, lost, webhook_url)
     if timed_out:
         log.warning("%d deliveries passed their deadline undelivered", timed_out)
     if lost:
-        log.warning("%d job runs never finished (worker lost?)", lost)
-    return {"timed_out": timed_out, "lost_runs": lost}
+        log.warning("%d job runs never finished (worker lost?)", len(lost))
+    return {"timed_out": timed_out, "lost_runs": len(lost)}

@@ -1,0 +1,326 @@
+"""Reports on SQLite and PostgreSQL: every number against one computed here in plain Python from the seed."""
+
+import csv
+import random
+import statistics
+from datetime import date, datetime, timedelta, timezone
+from zoneinfo import ZoneInfo
+
+import pytest
+from sqlalchemy import func, select
+
+from app.models import Delivery, DeliveryFile, JobRun, Report
+from app.services.reports import generate_report, last_ended_period, period_bounds, report_details
+
+SHANGHAI = ZoneInfo("Asia/Shanghai")
+CARRIERS = ("ems", "sf", "yto")
+BUCKET_HOURS = (("<24h", 0, 24), ("1-2d", 24, 48), ("2-3d", 48, 72), ("3-5d", 72, 120), ("5-7d", 120, 168),
+                (">7d", 168, float("inf")))
+
+
+def shanghai(*fields) -> datetime:
+    """A Shanghai wall-clock time, as the UTC datetime the database stores."""
+    return datetime(*fields, tzinfo=SHANGHAI).astimezone(timezone.utc)
+
+
+def delivery(n: int, carrier: str, status: str, created: datetime, delivered: datetime | None = None,
+             updated: datetime | None = None) -> dict:
+    return {"reference": f"CASE-{n}", "recipient_name": "张三", "phone": "13800138000", "address": "北京市朝阳区",
+            "carrier": carrier, "tracking_number": f"T{n:08d}", "status": status, "created_at": created,
+            "delivered_at": delivered, "updated_at": updated or delivered or created}
+
+
+def edge_deliveries() -> list[dict]:
+    """Times at Shanghai midnights and bucket bounds, where a UTC day or an off-by-one would show."""
+    return [
+        delivery(9001, "ems", "pending", shanghai(2026, 10, 31, 23, 59, 59)),  # October in Shanghai, not November
+        delivery(9002, "ems", "delivered", shanghai(2026, 11, 1, 0, 0, 0), shanghai(2026, 11, 2, 0, 0, 0)),  # 24 h
+        delivery(9003, "sf", "delivered", shanghai(2026, 11, 15, 7, 30), shanghai(2026, 11, 16, 0, 10)),  # UTC: 14th
+        delivery(9004, "sf", "delivered", shanghai(2026, 11, 3, 8, 0), shanghai(2026, 11, 5, 8, 0)),  # exactly 48 h
+        delivery(9005, "yto", "delivered", shanghai(2026, 11, 30, 23, 59, 59), shanghai(2026, 12, 1, 0, 0, 0)),
+        delivery(9006, "yto", "delivered", shanghai(2026, 10, 20, 9, 0), shanghai(2026, 11, 1, 0, 0, 30)),  # 12 days
+        delivery(9007, "ems", "timeout", shanghai(2026, 10, 1, 9, 0), updated=shanghai(2026, 11, 1, 0, 0, 1)),
+        delivery(9008, "ems", "failed", shanghai(2026, 10, 1, 9, 0), updated=shanghai(2026, 10, 31, 23, 59)),
+        delivery(9009, "sf", "in_transit", shanghai(2026, 9, 1, 9, 0)),  # in transit now, whatever its period
+    ]
+
+
+def seeded_deliveries() -> list[dict]:
+    """A month of deliveries around November 2026, from a fixed seed, plus the edge cases."""
+    rng = random.Random(6)
+    rows = []
+    for n in range(260):
+        created = shanghai(2026, 10, 24) + timedelta(minutes=rng.randrange(45 * 24 * 60))
+        status = rng.choices(["delivered", "in_transit", "out_for_delivery", "pending", "timeout", "failed"],
+                             [10, 3, 1, 1, 1, 1])[0]
+        delivered = created + timedelta(minutes=rng.randrange(30, 10 * 24 * 60)) if status == "delivered" else None
+        updated = delivered or created + timedelta(minutes=rng.randrange(24 * 60, 20 * 24 * 60))
+        rows.append(delivery(n, rng.choice(CARRIERS), status, created, delivered, updated))
+    return rows + edge_deliveries()
+
+
+def seeded_receipts() -> list[dict]:
+    times = [shanghai(2026, 10, 31, 23, 59, 59), shanghai(2026, 11, 1), shanghai(2026, 11, 17, 12),
+             shanghai(2026, 11, 30, 23, 59, 59), shanghai(2026, 12, 1)]
+    rows = [{"kind": "receipt", "created_at": t, "receipt_number": f"R-{i}"} for i, t in enumerate(times)]
+    return rows + [{"kind": "screenshot", "created_at": shanghai(2026, 11, 17, 12), "receipt_number": None}]
+
+
+def seeded_job_runs() -> list[dict]:
+    def run(name, started, seconds, outcome):
+        return {"name": name, "started_at": started, "outcome": outcome,
+                "finished_at": started + timedelta(seconds=seconds) if seconds is not None else None}
+
+    return [run("update-tracking-status", shanghai(2026, 11, 1, 0, 0, 5), 12.5, "success"),
+            run("update-tracking-status", shanghai(2026, 11, 2, 10, 0), 95, "failure"),
+            run("update-tracking-status", shanghai(2026, 11, 20, 10, 0), None, "running"),
+            run("update-tracking-status", shanghai(2026, 10, 31, 23, 50), 4000, "failure"),  # October
+            run("cleanup-logs", shanghai(2026, 11, 8, 3, 30), 3.25, "success"),
+            run("cleanup-logs", shanghai(2026, 11, 15, 3, 30), 7, "lost"),
+            run("archive-old-data", shanghai(2026, 11, 30, 23, 59), None, "running")]
+
+
+def seed(factory) -> dict:
+    """Insert the seed; the plain-Python rows it was made from."""
+    seeded = {"deliveries": seeded_deliveries(), "receipts": seeded_receipts(), "job_runs": seeded_job_runs()}
+    with factory.begin() as session:
+        session.add_all(Delivery(**row) for row in seeded["deliveries"])
+        session.add_all(DeliveryFile(delivery_id=1, path=f"x/{i}", sha256=f"{i:064d}", size=1,
+                                     content_type="application/pdf", **row)
+                        for i, row in enumerate(seeded["receipts"]))
+        session.add_all(JobRun(**row) for row in seeded["job_runs"])
+    return seeded
+
+
+def percentile(values: list[float], fraction: float) -> float | None:
+    """Linear interpolation between the closest ranks (statistics' 'inclusive' method, as percentile_cont)."""
+    if len(values) < 2:
+        return values[0] if values else None
+    return statistics.quantiles(values, n=100, method="inclusive")[round(fraction * 100) - 1]
+
+
+def expected_numbers(seeded: dict, first_day: date, end_day: date) -> dict:
+    """The report's numbers for [first_day, end_day) in Shanghai, computed row by row in Python."""
+    start = datetime.combine(first_day, datetime.min.time(), SHANGHAI)
+    end = datetime.combine(end_day, datetime.min.time(), SHANGHAI)
+
+    def within(moment):
+        return moment is not None and start <= moment < end
+
+    def hours(row):
+        return (row["delivered_at"] - row["created_at"]).total_seconds() / 3600
+
+    rows = seeded["deliveries"]
+    created = [r for r in rows if within(r["created_at"])]
+    delivered = [r for r in rows if within(r["delivered_at"])]
+    durations = sorted(hours(r) for r in delivered)
+    carriers = sorted({r["carrier"] for r in created + delivered})
+    days = [first_day + timedelta(days=n) for n in range((end_day - first_day).days)]
+    runs = [r for r in seeded["job_runs"] if within(r["started_at"])]
+
+    def shanghai_day(moment):
+        return moment.astimezone(SHANGHAI).date()
+
+    def longest(name):
+        seconds = [(r["finished_at"] - r["started_at"]).total_seconds() for r in runs
+                   if r["name"] == name and r["finished_at"]]
+        return max(seconds, default=None)
+
+    return {
+        "deliveries": {
+            "created": len(created),
+            "delivered": len(delivered),
+            "in_transit": sum(r["status"] in ("in_transit", "out_for_delivery") for r in rows),
+            "timed_out": sum(r["status"] == "timeout" and within(r["updated_at"]) for r in rows),
+            "failed": sum(r["status"] == "failed" and within(r["updated_at"]) for r in rows),
+        },
+        "time_to_delivery_hours": {"median": percentile(durations, 0.5), "p90": percentile(durations, 0.9)},
+        "time_to_delivery_buckets": [{"bucket": label, "count": sum(low <= h < high for h in durations)}
+                                     for label, low, high in BUCKET_HOURS],
+        "carriers": [{"carrier": c, "created": sum(r["carrier"] == c for r in created),
+                      "delivered": sum(r["carrier"] == c for r in delivered),
+                      "median_hours": percentile(sorted(hours(r) for r in delivered if r["carrier"] == c), 0.5)}
+                     for c in carriers],
+        "receipts_issued": sum(r["kind"] == "receipt" and within(r["created_at"]) for r in seeded["receipts"]),
+        "jobs": [{"name": name, "runs": sum(r["name"] == name for r in runs),
+                  "failures": sum(r["name"] == name and r["outcome"] not in ("success", "running") for r in runs),
+                  "longest_seconds": longest(name)}
+                 for name in sorted({r["name"] for r in runs})],
+        "per_day": [{"day": day.isoformat(),
+                     "created": sum(shanghai_day(r["created_at"]) == day for r in created),
+                     "delivered": sum(shanghai_day(r["delivered_at"]) == day for r in delivered)} for day in days],
+    }
+
+
+def approximately(tree):
+    """`tree` with every float compared to within the report's rounding (3 decimals)."""
+    if isinstance(tree, dict):
+        return {key: approximately(value) for key, value in tree.items()}
+    if isinstance(tree, list):
+        return [approximately(value) for value in tree]
+    return pytest.approx(tree, abs=1e-3) if isinstance(tree, float) else tree
+
+
+def stored_report(factory, kind: str, first_day: date) -> Report:
+    with factory() as session:
+        return session.scalars(select(Report).where(Report.kind == kind, Report.period_start == first_day)).one()
+
+
+def test_monthly_numbers_equal_the_ones_computed_from_the_seed(factory, tmp_path):
+    seeded = seed(factory)
+    summary = generate_report(factory, tmp_path, "monthly", date(2026, 11, 18))
+
+    expected = expected_numbers(seeded, date(2026, 11, 1), date(2026, 12, 1))
+    assert stored_report(factory, "monthly", date(2026, 11, 1)).data == approximately(expected)
+    assert (summary["period_start"], summary["period_end"]) == ("2026-11-01", "2026-12-01")
+    assert summary["created"] == expected["deliveries"]["created"] and not summary["replaced"]
+
+
+@pytest.mark.parametrize(("kind", "day", "first_day", "end_day"), [
+    ("daily", date(2026, 11, 15), date(2026, 11, 15), date(2026, 11, 16)),
+    ("daily", date(2026, 11, 1), date(2026, 11, 1), date(2026, 11, 2)),
+    ("weekly", date(2026, 11, 28), date(2026, 11, 23), date(2026, 11, 30)),
+])
+def test_daily_and_weekly_numbers_follow_shanghai_days(factory, tmp_path, kind, day, first_day, end_day):
+    seeded = seed(factory)
+    generate_report(factory, tmp_path, kind, day)
+
+    data = stored_report(factory, kind, first_day).data
+    assert data == approximately(expected_numbers(seeded, first_day, end_day))
+
+
+def test_days_are_shanghai_days_and_percentiles_interpolate(factory, tmp_path):
+    with factory.begin() as session:
+        session.add_all(Delivery(**row) for row in edge_deliveries())
+    for day in (date(2026, 10, 31), date(2026, 11, 15)):
+        generate_report(factory, tmp_path, "daily", day)
+    generate_report(factory, tmp_path, "monthly", date(2026, 11, 1))
+
+    october_31 = stored_report(factory, "daily", date(2026, 10, 31)).data["deliveries"]
+    november_15 = stored_report(factory, "daily", date(2026, 11, 15)).data["deliveries"]
+    november = stored_report(factory, "monthly", date(2026, 11, 1)).data
+    assert (october_31["created"], october_31["failed"]) == (1, 1)  # at 23:59:59 and 23:59, not the next day
+    assert november_15["created"] == 1  # 07:30 in Shanghai is 23:30 on the 14th in UTC
+    assert november["per_day"][0] == {"day": "2026-11-01", "created": 1, "delivered": 1}  # 00:00:00 and 00:00:30
+    assert november["deliveries"]["timed_out"] == 1 and november["deliveries"]["failed"] == 0
+    # Delivered in November after 16.67, 24, 48 and 279.01 hours; 9005 was delivered on 1 December.
+    assert november["time_to_delivery_hours"] == {"median": 36.0, "p90": pytest.approx(48 + 0.7 * (279 + 1 / 120 - 48),
+                                                                                       abs=1e-3)}
+    assert [b["count"] for b in november["time_to_delivery_buckets"]] == [1, 1, 1, 0, 0, 1]
+
+
+def test_running_a_period_again_replaces_its_row_and_files(factory, tmp_path):
+    seed(factory)
+    generate_report(factory, tmp_path, "daily", date(2026, 11, 15))
+    first = stored_report(factory, "daily", date(2026, 11, 15))
+    html = (tmp_path / first.html_path).read_text(encoding="utf-8")
+    with factory.begin() as session:
+        session.add(Delivery(**delivery(7777, "<sf&co>", "pending", shanghai(2026, 11, 15, 12))))
+
+    summary = generate_report(factory, tmp_path, "daily", date(2026, 11, 15), now=shanghai(2026, 11, 16, 2))
+
+    second = stored_report(factory, "daily", date(2026, 11, 15))
+    with factory() as session:
+        assert session.scalar(select(func.count()).select_from(Report)) == 1
+    assert summary["replaced"] and second.id == first.id
+    assert second.data["deliveries"]["created"] == first.data["deliveries"]["created"] + 1
+    assert second.generated_at == shanghai(2026, 11, 16, 2)
+    assert (tmp_path / second.html_path).read_text(encoding="utf-8") != html
+    assert "&lt;sf&amp;co&gt;" in (tmp_path / second.html_path).read_text(encoding="utf-8")
+    assert "<sf&co>" not in (tmp_path / second.html_path).read_text(encoding="utf-8")
+    assert ["carrier:<sf&co>", "created", "1"] in csv_rows(tmp_path / second.csv_path)
+    assert sorted(p.name for p in (tmp_path / "daily").iterdir()) == ["2026-11-15.csv", "2026-11-15.html"]
+
+
+def csv_rows(path) -> list[list[str]]:
+    with path.open(encoding="utf-8-sig", newline="") as handle:
+        return list(csv.reader(handle))
+
+
+def test_csv_holds_the_same_numbers(factory, tmp_path):
+    seeded = seed(factory)
+    generate_report(factory, tmp_path, "monthly", date(2026, 11, 1))
+    expected = expected_numbers(seeded, date(2026, 11, 1), date(2026, 12, 1))
+
+    rows = csv_rows(tmp_path / "monthly" / "2026-11-01.csv")
+    values = {(section, key): value for section, key, value in rows[1:]}
+    assert rows[0] == ["section", "key", "value"]
+    assert values["period", "first_day"] == "2026-11-01" and values["period", "last_day"] == "2026-11-30"
+    assert {key: int(values["deliveries", key]) for key in expected["deliveries"]} == expected["deliveries"]
+    assert float(values["time_to_delivery_hours", "p90"]) == pytest.approx(expected["time_to_delivery_hours"]["p90"],
+                                                                           abs=1e-3)
+    assert [int(values["created_per_day", d["day"]]) for d in expected["per_day"]] == [
+        d["created"] for d in expected["per_day"]]
+    assert int(values["job:cleanup-logs", "failures"]) == 1
+    assert values["receipts", "issued"] == str(expected["receipts_issued"])
+
+
+def test_an_empty_period_has_zeros_and_no_percentiles(factory, tmp_path):
+    generate_report(factory, tmp_path, "weekly", date(2026, 11, 4))
+
+    data = stored_report(factory, "weekly", date(2026, 11, 2)).data
+    assert data["deliveries"] == {"created": 0, "delivered": 0, "in_transit": 0, "timed_out": 0, "failed": 0}
+    assert data["time_to_delivery_hours"] == {"median": None, "p90": None}
+    assert [d["day"] for d in data["per_day"]] == [f"2026-11-{n:02d}" for n in range(2, 9)]
+    assert data["carriers"] == [] and data["jobs"] == []
+
+
+def test_period_bounds_of_each_kind():
+    assert period_bounds("daily", date(2026, 12, 31)) == (date(2026, 12, 31), date(2027, 1, 1))
+    assert period_bounds("weekly", date(2026, 11, 29)) == (date(2026, 11, 23), date(2026, 11, 30))  # a Sunday
+    assert period_bounds("weekly", date(2026, 11, 30)) == (date(2026, 11, 30), date(2026, 12, 7))  # a Monday
+    assert period_bounds("weekly", date(2026, 12, 31)) == (date(2026, 12, 28), date(2027, 1, 4))
+    assert period_bounds("monthly", date(2026, 12, 31)) == (date(2026, 12, 1), date(2027, 1, 1))
+    assert period_bounds("monthly", date(2028, 2, 29)) == (date(2028, 2, 1), date(2028, 3, 1))
+
+
+def test_the_period_just_ended_is_counted_in_shanghai_time():
+    # 2026-12-01 01:00 in Shanghai is still 2026-11-30 in UTC.
+    now = shanghai(2026, 12, 1, 1, 0)
+    assert last_ended_period("daily", now) == (date(2026, 11, 30), date(2026, 12, 1))
+    assert last_ended_period("weekly", shanghai(2026, 11, 30, 6, 0)) == (date(2026, 11, 23), date(2026, 11, 30))
+    assert last_ended_period("monthly", shanghai(2026, 12, 1, 6, 0)) == (date(2026, 11, 1), date(2026, 12, 1))
+    assert last_ended_period("monthly", shanghai(2027, 1, 1, 6, 0)) == (date(2026, 12, 1), date(2027, 1, 1))
+
+
+def test_default_period_is_the_one_just_ended(factory, tmp_path):
+    summary = generate_report(factory, tmp_path, "daily", now=shanghai(2026, 12, 1, 2, 0))
+
+    assert summary["period_start"] == "2026-11-30"
+    with factory() as session:
+        details = report_details(session, tmp_path, "daily", date(2026, 11, 30))
+    assert details["html_path"] == str(tmp_path / "daily" / "2026-11-30.html")
+
+
+def test_html_report_shows_both_charts_in_chromium(factory, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    from tests.support.browser import launch
+
+    seeded = seed(factory)
+    generate_report(factory, tmp_path, "monthly", date(2026, 11, 1))
+    expected = expected_numbers(seeded, date(2026, 11, 1), date(2026, 12, 1))
+    page_file = tmp_path / "monthly" / "2026-11-01.html"
+
+    with sync_playwright() as playwright:
+        browser = launch(playwright)
+        page = browser.new_page()
+        requested = []
+        page.on("request", lambda request: requested.append(request.url))
+        page.goto(page_file.as_uri())
+        charts = {chart: page.locator(f"svg#{chart}") for chart in ("chart-per-day", "chart-time-to-delivery")}
+        boxes = {chart: svg.bounding_box() for chart, svg in charts.items()}
+        created_bars = [int(v) for v in page.locator("#chart-per-day rect.bar.created").evaluate_all(
+            "bars => bars.map(bar => bar.dataset.value)")]
+        bar_counts = {chart: page.locator(f"#{chart} rect.bar").count() for chart in charts}
+        tallest = page.locator("#chart-time-to-delivery rect.bar").evaluate_all(
+            "bars => Math.max(...bars.map(bar => bar.getBoundingClientRect().height))")
+        title = page.title()
+        browser.close()
+
+    assert requested == [page_file.as_uri()], "the page loads nothing else: it works offline"
+    assert all(box and box["width"] > 0 and box["height"] > 0 for box in boxes.values())
+    assert bar_counts == {"chart-per-day": 2 * 30, "chart-time-to-delivery": 6}
+    assert created_bars == [d["created"] for d in expected["per_day"]]
+    assert tallest > 0
+    assert title.startswith("投递月报 Monthly delivery report 2026-11-01 – 2026-11-30")
