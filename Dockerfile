@@ -3,7 +3,7 @@ FROM python:3.11-slim-bookworm
 
 # Chromium and a Chinese font for the screenshot worker; fontconfig is how the font is found.
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends chromium fonts-wqy-microhei fontconfig \
+    && apt-get install -y --no-install-recommends chromium fonts-wqy-microhei fontconfig postgresql-client \
     && rm -rf /var/lib/apt/lists/*
 
 # Chromium and fontconfig write their caches under $HOME, so the user gets a real one.

@@ -116,8 +116,11 @@ def test_periodic_runs_are_recorded_and_stuck_ones_marked_lost(worker, celery_ap
         assert [(r.name, r.task_id, r.outcome) for r in runs] == [("check-disk-space", periodic.id, "success")]
         assert runs[0].finished_at >= runs[0].started_at and '"volumes"' in runs[0].summary
         session.add(JobRun(name="stuck-job", task_id="stuck", started_at=utcnow() - timedelta(hours=2)))
+        # A backup may run 1900 s: 20 minutes in, it is slow, not lost.
+        session.add(JobRun(name="backup-database", task_id="slow", started_at=utcnow() - timedelta(minutes=20)))
     result = celery_app.send_task("app.tasks.tracking_tasks.check_timeout_tasks").get(timeout=RESULT_TIMEOUT)
     assert result["lost_runs"] == 1
     with session_scope() as session:
         assert session.scalar(select(JobRun.outcome).where(JobRun.task_id == "stuck")) == "lost"
+        assert session.scalar(select(JobRun.outcome).where(JobRun.task_id == "slow")) == "running"
         session.execute(delete(JobRun))

@@ -124,7 +124,9 @@ class Settings(BaseSettings):
     @field_validator("alert_webhook_url")
     @classmethod
     def _webhook_scheme(cls, value):
-        if value is not None and urlsplit(value).scheme not in ("http", "https"):
+        if not value:  # ALERT_WEBHOOK_URL= in .env: no webhook, log only
+            return None
+        if urlsplit(value).scheme not in ("http", "https"):
             raise ValueError("ALERT_WEBHOOK_URL must be an http:// or https:// robot URL")  # the URL holds a key
         return value
 

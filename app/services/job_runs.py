@@ -3,7 +3,7 @@
 import json
 from datetime import datetime
 
-from sqlalchemy import select, update
+from sqlalchemy import and_, or_, select, update
 from sqlalchemy.orm import sessionmaker
 
 from app.core.database import session_scope
@@ -31,10 +31,19 @@ def finish_run(factory: sessionmaker, task_id: str, outcome: str, summary) -> No
                         .values(finished_at=utcnow(), outcome=outcome, summary=text[:SUMMARY_CHARS]))
 
 
-def mark_lost_runs(factory: sessionmaker, started_before: datetime) -> list[str]:
-    """Runs still 'running' that started before `started_before` (past any time limit) are lost; their jobs."""
+def mark_lost_runs(factory: sessionmaker, started_before: datetime,
+                   slow_jobs: dict[str, datetime] | None = None) -> list[str]:
+    """Runs still 'running' that started before `started_before` (past any time limit) are lost; their jobs.
+
+    `slow_jobs` gives jobs with a longer time limit of their own a cut-off of their own.
+    """
+    slow_jobs = slow_jobs or {}
+    stuck = JobRun.started_at < started_before
+    if slow_jobs:
+        stuck = and_(stuck, JobRun.name.not_in(list(slow_jobs)))
+        stuck = or_(stuck, *(and_(JobRun.name == name, JobRun.started_at < cutoff) for name, cutoff in slow_jobs.items()))
     with session_scope(factory) as session:
         return list(session.scalars(update(JobRun)
-                                    .where(JobRun.outcome == "running", JobRun.started_at < started_before)
+                                    .where(JobRun.outcome == "running", stuck)
                                     .values(outcome="lost", finished_at=utcnow())
                                     .returning(JobRun.name)))

@@ -29,6 +29,7 @@ from app.services.tracking import (
     pending_delivery_ids,
     poll_deliveries,
 )
+from app.tasks.beat_schedules import BEAT_SCHEDULE
 from app.tasks.celery_app import HARD_TIME_LIMIT, SOFT_TIME_LIMIT, app
 from app.tasks.evidence import send_evidence
 from app.tasks.policies import CRITICAL_POLICY, DEFAULT_POLICY
@@ -151,6 +152,16 @@ def poll_tracking_chunk(delivery_ids: list[int]) -> dict:
     return summary.as_dict()
 
 
+def _slow_job_cutoffs(now: datetime) -> dict[str, datetime]:
+    """Jobs whose task has a hard time limit longer than the default (backups, say): their own cut-off."""
+    cutoffs = {}
+    for name, entry in BEAT_SCHEDULE.items():
+        limit = getattr(app.tasks.get(entry["task"]), "time_limit", None)
+        if limit and limit > HARD_TIME_LIMIT:
+            cutoffs[name] = now - timedelta(seconds=limit + 60)
+    return cutoffs
+
+
 @app.task(**DEFAULT_POLICY)
 def check_timeout_tasks() -> dict:
     """Deliveries past their deadline become `timeout`, job runs past the hard limit `lost`: incidents both."""
@@ -160,7 +171,8 @@ def check_timeout_tasks() -> dict:
         references = overdue_references(session, today, TIMEOUT_REFERENCES_IN_ALERT)
         timed_out = mark_overdue_deliveries(session, today)
     alert_timeouts(SessionFactory, timed_out, references, webhook_url)
-    lost = mark_lost_runs(SessionFactory, utcnow() - timedelta(seconds=HARD_TIME_LIMIT + 60))
+    now = utcnow()
+    lost = mark_lost_runs(SessionFactory, now - timedelta(seconds=HARD_TIME_LIMIT + 60), _slow_job_cutoffs(now))
     alert_lost_runs(SessionFactory, lost, webhook_url)
     if timed_out:
         log.warning("%d deliveries passed their deadline undelivered", timed_out)
