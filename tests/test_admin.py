@@ -60,6 +60,7 @@ def test_an_admin_edit_reaches_the_running_beat_without_restart(project):
     with logged_in_admin(project, "beat") as (page, base, two_seconds):
         page.goto(f"{base}/admin/django_celery_beat/periodictask/")
         page.click("text=cleanup-temp-files")
+        page.wait_for_selector("#id_task option[value='app.tasks.file_tasks.cleanup_temp_files']", state="attached")
         assert page.locator("#id_regtask").count() == 0, "no free-text task field beside the registered ones"
         options = page.locator("#id_task option").all_inner_texts()
         assert "app.tasks.file_tasks.cleanup_temp_files" in options and "celery.backend_cleanup" not in options
