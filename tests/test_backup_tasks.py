@@ -1,10 +1,7 @@
 """backup-database and optimize-database through a real worker; python -m app backups as an operator runs it."""
 
 import json
-import os
 import stat
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,8 +10,8 @@ from sqlalchemy import text
 from app.core.database import make_engine
 from app.core.migrations import upgrade_app_schema
 from app.services.backups import backup_database, backup_problem
+from tests.support.app_cli import run_app
 
-ROOT = Path(__file__).resolve().parents[1]
 RESULT_TIMEOUT = 60
 
 
@@ -63,14 +60,6 @@ def operator_home(settings, tmp_path):
     return var, Path(made["file"])
 
 
-def run(var: Path, *args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "VAR_DIR": str(var)}
-    for variable in ("DATABASE_URL", "BACKUPS_DIR"):
-        env.pop(variable, None)
-    return subprocess.run([sys.executable, "-m", "app", "backups", *args], check=False, cwd=ROOT, env=env,
-                          stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60)
-
-
 def execute(var: Path, statement: str):
     """One statement on VAR_DIR's database, its connection closed after (a restore needs it unused)."""
     engine = make_engine(f"sqlite:///{var / 'app.db'}")
@@ -88,12 +77,12 @@ def delivery_count(var: Path) -> int:
 
 def test_backups_list_shows_size_age_and_what_keeps_each(operator_home):
     var, backup = operator_home
-    listed = run(var, "list")
+    listed = run_app(var, "backups", "list")
     assert listed.returncode == 0
     header, row = listed.stdout.splitlines()
     assert header.split() == ["name", "size", "age", "kept", "for"]
     assert row.startswith(backup.name) and row.endswith("daily, weekly, monthly")
-    [entry] = json.loads(run(var, "list", "--json").stdout)
+    [entry] = json.loads(run_app(var, "backups", "list", "--json").stdout)
     assert (entry["name"], entry["size"], entry["database"]) == (backup.name, backup.stat().st_size, "sqlite")
 
 
@@ -101,7 +90,7 @@ def test_restore_refuses_without_yes_when_there_is_no_terminal(operator_home):
     var, backup = operator_home
     execute(var, "DELETE FROM deliveries WHERE reference = 'CASE-2'")
 
-    refused = run(var, "restore", backup.name)
+    refused = run_app(var, "backups", "restore", backup.name)
 
     assert refused.returncode == 1
     assert refused.stderr.strip() == "error: refusing to ask for confirmation without a terminal: pass --yes"
@@ -112,7 +101,7 @@ def test_restore_with_yes_puts_the_backup_back_in_one_line(operator_home):
     var, backup = operator_home
     execute(var, "DELETE FROM deliveries")
 
-    restored = run(var, "restore", str(backup), "--yes")
+    restored = run_app(var, "backups", "restore", str(backup), "--yes")
 
     assert restored.returncode == 0, restored.stderr
     assert restored.stdout.startswith(f"restored {backup.name} into sqlite:///{var / 'app.db'} in ")
@@ -122,20 +111,20 @@ def test_restore_with_yes_puts_the_backup_back_in_one_line(operator_home):
 
 def test_restore_errors_are_one_line(operator_home):
     var, backup = operator_home
-    missing = run(var, "restore", "backup-20260101-023000.sqlite3", "--yes")
+    missing = run_app(var, "backups", "restore", "backup-20260101-023000.sqlite3", "--yes")
     assert missing.returncode == 1
     assert missing.stderr.startswith("error: no such backup: backup-20260101-023000.sqlite3")
-    wrong_kind = run(var, "restore", backup.name, "--yes",
+    wrong_kind = run_app(var, "backups", "restore", backup.name, "--yes",
                      "--target-url", "postgresql://nobody:hunter2@127.0.0.1:1/none")
     assert wrong_kind.returncode == 1
     assert wrong_kind.stderr == f"error: {backup.name} is a sqlite backup; it cannot be restored into postgresql\n"
 
 
 def test_backups_list_with_none_says_where_it_looked(tmp_path):
-    listed = run(tmp_path / "var", "list")
+    listed = run_app(tmp_path / "var", "backups", "list")
     assert (listed.returncode, listed.stdout) == (0, f"no backups in {tmp_path / 'var' / 'backups'}\n")
 
 
 def test_help_for_every_action(tmp_path):
     for action in ("list", "restore"):
-        assert run(tmp_path, action, "--help").returncode == 0
+        assert run_app(tmp_path, "backups", action, "--help").returncode == 0

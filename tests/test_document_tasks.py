@@ -2,19 +2,16 @@
 
 import hashlib
 import os
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
 from sqlalchemy import delete, select
 
-from tests.support.files import pdf_bytes
 from app.core.database import session_scope
 from app.models import Delivery, DeliveryFile
+from tests.support.app_cli import run_app
+from tests.support.files import pdf_bytes
 
-ROOT = Path(__file__).resolve().parents[1]
 RESULT_TIMEOUT = 60
 
 
@@ -62,16 +59,8 @@ def test_cleanup_unreferenced_files_task_deletes_an_old_orphan(worker, celery_ap
     assert not orphan.exists()
 
 
-def run(tmp_path, *args):
-    env = {**os.environ, "VAR_DIR": str(tmp_path / "var")}
-    env.pop("DATABASE_URL", None)
-    env.pop("FILES_DIR", None)
-    return subprocess.run([sys.executable, "-m", "app", *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=60)
-
-
 def test_deliveries_attach_stores_a_pdf_and_rejects_a_docx(tmp_path):
-    added = run(tmp_path, "deliveries", "add", "--reference", "CASE-1", "--recipient-name", "张三",
+    added = run_app(tmp_path / "var", "deliveries", "add", "--reference", "CASE-1", "--recipient-name", "张三",
                 "--phone", "13800138000", "--address", "北京市", "--carrier", "ems", "--tracking-number", "EM123456789CN")
     assert added.returncode == 0, added.stderr
     data = pdf_bytes(pages=3)
@@ -80,17 +69,17 @@ def test_deliveries_attach_stores_a_pdf_and_rejects_a_docx(tmp_path):
     sha256 = hashlib.sha256(data).hexdigest()
     stored = tmp_path / "var" / "files" / sha256[:2] / sha256[2:4] / f"{sha256}.pdf"
 
-    attached = run(tmp_path, "deliveries", "attach", "1", str(pdf))
+    attached = run_app(tmp_path / "var", "deliveries", "attach", "1", str(pdf))
     assert attached.returncode == 0, attached.stderr
     assert attached.stdout == (f"attached to delivery 1: stored as {stored}, sha256 {sha256}, "
                                "application/pdf, 3 pages\n")
     assert stored.read_bytes() == data
-    assert run(tmp_path, "deliveries", "attach", "1", str(pdf)).stdout.startswith("already attached to delivery 1:")
+    assert run_app(tmp_path / "var", "deliveries", "attach", "1", str(pdf)).stdout.startswith("already attached to delivery 1:")
 
     docx = tmp_path / "report.docx"
     docx.write_bytes(b"PK\x03\x04" + bytes(40))
-    rejected = run(tmp_path, "deliveries", "attach", "1", str(docx))
+    rejected = run_app(tmp_path / "var", "deliveries", "attach", "1", str(docx))
     assert rejected.returncode == 1
     assert rejected.stderr == "error: report.docx is not a PDF or image (starts with PK…: a ZIP/Office file?)\n"
-    missing = run(tmp_path, "deliveries", "attach", "2", str(pdf))
+    missing = run_app(tmp_path / "var", "deliveries", "attach", "2", str(pdf))
     assert (missing.returncode, missing.stderr) == (1, "error: no delivery 2\n")

@@ -1,9 +1,6 @@
 """Receipts through a real worker on the embedded default, and `python -m app receipts` as operators run it."""
 
 import json
-import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -15,8 +12,8 @@ from app.core.database import SessionFactory, make_engine, session_scope
 from app.core.migrations import upgrade_app_schema
 from app.models import Delivery, DeliveryFile, TrackingEvent
 from tests.services.test_receipt import add_delivered
+from tests.support.app_cli import run_app
 
-ROOT = Path(__file__).resolve().parents[1]
 TASK = "app.tasks.receipt_tasks.generate_receipt"
 RESULT_TIMEOUT = 60
 
@@ -94,13 +91,6 @@ def test_task_without_a_screenshot_fails_at_once_and_the_delivery_says_why(worke
                                            "has no screenshot yet")
 
 
-def run_cli(var_dir: Path, *args) -> subprocess.CompletedProcess:
-    env = {**os.environ, "VAR_DIR": str(var_dir)}
-    env.pop("DATABASE_URL", None)
-    return subprocess.run([sys.executable, "-m", "app", "receipts", *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=60)
-
-
 @pytest.fixture
 def cli_delivery(tmp_path):
     """A delivered delivery with its screenshot in the database and files root a CLI run with VAR_DIR sees."""
@@ -115,14 +105,14 @@ def cli_delivery(tmp_path):
 
 def test_cli_generates_shows_and_verifies_a_receipt(cli_delivery, tmp_path):
     var_dir, delivery_id = cli_delivery
-    generated = run_cli(var_dir, "generate", str(delivery_id))
+    generated = run_app(var_dir, "receipts", "generate", str(delivery_id))
     assert generated.returncode == 0, generated.stderr
     assert generated.stdout.startswith("issued receipt HZ-") and f"of delivery {delivery_id}" in generated.stdout
-    [shown] = json.loads(run_cli(var_dir, "show", str(delivery_id), "--json").stdout)
+    [shown] = json.loads(run_app(var_dir, "receipts", "show", str(delivery_id), "--json").stdout)
     issued = Path(shown["file"])
     assert issued == var_dir / "files" / shown["path"] and issued.is_file()
 
-    verified = run_cli(var_dir, "verify", str(issued))
+    verified = run_app(var_dir, "receipts", "verify", str(issued))
     assert verified.returncode == 0
     assert verified.stdout.strip() == (f"OK: receipt {shown['receipt_number']} of delivery {delivery_id} "
                                        f"(reference （2026）京0105民初123号), sha256 {shown['sha256']}")
@@ -131,17 +121,17 @@ def test_cli_generates_shows_and_verifies_a_receipt(cli_delivery, tmp_path):
     data = bytearray(issued.read_bytes())
     data[-100] ^= 0x20
     altered.write_bytes(bytes(data))
-    mismatch = run_cli(var_dir, "verify", str(altered))
+    mismatch = run_app(var_dir, "receipts", "verify", str(altered))
     assert mismatch.returncode == 1 and mismatch.stdout.startswith("MISMATCH: ")
     assert "modified since it was issued" in mismatch.stdout
 
-    missing = run_cli(var_dir, "verify", str(tmp_path / "nowhere.pdf"))
+    missing = run_app(var_dir, "receipts", "verify", str(tmp_path / "nowhere.pdf"))
     assert missing.returncode == 1 and missing.stderr.strip() == f"error: no such file: {tmp_path / 'nowhere.pdf'}"
 
 
 def test_cli_show_without_a_receipt_and_help(cli_delivery):
     var_dir, delivery_id = cli_delivery
-    shown = run_cli(var_dir, "show", str(delivery_id))
+    shown = run_app(var_dir, "receipts", "show", str(delivery_id))
     assert shown.returncode == 1 and shown.stderr.strip() == f"error: delivery {delivery_id} has no receipt"
     for action in ("verify", "show", "generate"):
-        assert run_cli(var_dir, action, "--help").returncode == 0
+        assert run_app(var_dir, "receipts", action, "--help").returncode == 0

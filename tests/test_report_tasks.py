@@ -1,11 +1,7 @@
 """Report tasks through a real worker on the embedded default, and `python -m app reports` as operators run it."""
 
 import json
-import os
-import subprocess
-import sys
 from datetime import date, datetime, timedelta, timezone
-from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -13,9 +9,9 @@ from sqlalchemy import delete, select
 
 from app.core.database import session_scope
 from app.models import Delivery, Report
+from tests.support.app_cli import run_app
 from tests.test_receipt_tasks import task_result_line
 
-ROOT = Path(__file__).resolve().parents[1]
 SHANGHAI = ZoneInfo("Asia/Shanghai")
 RESULT_TIMEOUT = 60
 # A day no other test writes deliveries on (they use the current time).
@@ -62,53 +58,46 @@ def test_a_malformed_day_fails_without_retrying(worker, celery_app, settings):
     assert task_result_line(settings, result.id)["retries"] == 0
 
 
-def run(tmp_path, *args):
-    env = {**os.environ, "VAR_DIR": str(tmp_path / "var")}
-    env.pop("DATABASE_URL", None)
-    return subprocess.run([sys.executable, "-m", "app", *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=60)
-
-
 def test_reports_generate_then_show(tmp_path):
-    added = run(tmp_path, "deliveries", "add", "--reference", "CASE-1", "--recipient-name", "张三", "--phone",
+    added = run_app(tmp_path / "var", "deliveries", "add", "--reference", "CASE-1", "--recipient-name", "张三", "--phone",
                 "13800138000", "--address", "北京市", "--carrier", "ems", "--tracking-number", "EM123456789CN")
     assert added.returncode == 0, added.stderr
     today = datetime.now(SHANGHAI).date().isoformat()
 
-    missing = run(tmp_path, "reports", "show", "daily", today)
+    missing = run_app(tmp_path / "var", "reports", "show", "daily", today)
     assert missing.returncode == 1 and missing.stderr.strip() == f"error: no daily report for {today}"
 
-    generated = run(tmp_path, "reports", "generate", "monthly", today)
+    generated = run_app(tmp_path / "var", "reports", "generate", "monthly", today)
     html = tmp_path / "var" / "reports" / "monthly" / f"{today[:8]}01.html"
     assert generated.returncode == 0, generated.stderr
     assert generated.stdout.startswith(f"wrote the monthly report of {today[:8]}01: {html}")
 
-    shown = json.loads(run(tmp_path, "reports", "show", "monthly", today, "--json").stdout)
+    shown = json.loads(run_app(tmp_path / "var", "reports", "show", "monthly", today, "--json").stdout)
     assert shown["html_path"] == str(html) and shown["numbers"]["deliveries"]["created"] == 1
     assert shown["numbers"]["carriers"][0]["carrier"] == "ems"
-    text = run(tmp_path, "reports", "show", "monthly", today)
+    text = run_app(tmp_path / "var", "reports", "show", "monthly", today)
     assert text.returncode == 0 and f"html  {html}" in text.stdout and "ems" in text.stdout
-    again = run(tmp_path, "reports", "generate", "monthly", today)
+    again = run_app(tmp_path / "var", "reports", "generate", "monthly", today)
     assert again.stdout.startswith("replaced the monthly report")
 
 
 def test_reports_show_defaults_to_the_period_just_ended(tmp_path):
-    shown = run(tmp_path, "reports", "show", "weekly")
+    shown = run_app(tmp_path / "var", "reports", "show", "weekly")
     today = datetime.now(SHANGHAI).date()
     last_monday = today - timedelta(days=today.weekday() + 7)
     assert shown.returncode == 1 and shown.stderr.strip() == f"error: no weekly report for {last_monday}"
 
-    assert run(tmp_path, "reports", "generate", "weekly").returncode == 0
-    assert json.loads(run(tmp_path, "reports", "show", "weekly", "--json").stdout)["period_start"] == str(last_monday)
+    assert run_app(tmp_path / "var", "reports", "generate", "weekly").returncode == 0
+    assert json.loads(run_app(tmp_path / "var", "reports", "show", "weekly", "--json").stdout)["period_start"] == str(last_monday)
 
 
 def test_reports_reject_a_bad_date_and_kind(tmp_path):
-    bad_date = run(tmp_path, "reports", "show", "daily", "28/11/2026")
+    bad_date = run_app(tmp_path / "var", "reports", "show", "daily", "28/11/2026")
     assert bad_date.returncode == 1 and "not a date (expected YYYY-MM-DD): '28/11/2026'" in bad_date.stderr
-    assert run(tmp_path, "reports", "show", "yearly").returncode == 2
+    assert run_app(tmp_path / "var", "reports", "show", "yearly").returncode == 2
 
 
 def test_help_for_every_reports_action(tmp_path):
     for action in ("show", "generate"):
-        helped = run(tmp_path, "reports", action, "--help")
+        helped = run_app(tmp_path / "var", "reports", action, "--help")
         assert helped.returncode == 0 and "any day inside the period" in helped.stdout
