@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from app.core.config import SIMULATOR_ACCOUNT, ConfigError, load_settings
-from app.manager.output import table
+from app.manager.output import confirm, table
 
 
 def _deliveries_parser(commands) -> None:
@@ -198,13 +198,14 @@ def _backups_parser(commands) -> None:
 def run_backups(args) -> int:
     from app.core.config import get_settings
     from app.services import backups
+    from app.services.errors import PermanentError
 
     settings = get_settings()
     if args.action == "list":
         return print_backups(backups.list_backups(settings), args.json, settings.backups_path)
     target = backups.restore_target(settings, args.target_url).render_as_string(hide_password=True)
-    if not args.yes and not _confirm(f"Replace everything in {target} with {args.file}? "
-                                     "The services must be stopped."):
+    if not args.yes and not confirm(f"Replace everything in {target} with {args.file}? "
+                                    "The services must be stopped.", PermanentError):
         print("nothing changed")
         return 1
     restored = backups.restore_backup(settings, args.file, args.target_url)
@@ -231,12 +232,6 @@ def print_backups(found: list[dict], as_json: bool, folder: Path) -> int:
     return 0
 
 
-def _confirm(question: str) -> bool:
-    from app.services.errors import PermanentError
-
-    if not sys.stdin.isatty():
-        raise PermanentError("refusing to ask for confirmation without a terminal: pass --yes")
-    return input(f"{question} [y/N] ").strip().lower() in ("y", "yes")
 
 
 def _reports_parser(commands) -> None:

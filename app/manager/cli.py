@@ -11,7 +11,7 @@ import time
 from app.core.broker import BrokerError, EmbeddedBroker
 from app.core.config import PROJECT_ROOT, ConfigError, Settings, load_settings
 from app.manager import inspect
-from app.manager.output import human_bytes, human_duration, paint, table
+from app.manager.output import confirm, human_bytes, human_duration, paint, table
 from app.manager.processes import (
     SERVICES,
     ServiceError,
@@ -421,7 +421,7 @@ def cmd_clear(settings: Settings, args) -> int:
     if pid_state(service_process(settings, "beat")).running:
         raise ManagerError("beat is running: stop it first ('stop'), then clear")
     scope = "every periodic job, admin-created ones included," if args.all else "the jobs of beat_schedules.py"
-    if not args.yes and not _confirm(f"Reset {scope} from beat_schedules.py (run history is lost)?"):
+    if not args.yes and not confirm(f"Reset {scope} from beat_schedules.py (run history is lost)?", ManagerError):
         print("nothing changed")
         return EXIT_ERROR
     removed = _remove_schedule_files(settings)
@@ -436,12 +436,6 @@ def cmd_clear(settings: Settings, args) -> int:
     print(f"removed {removed} schedule/PID file(s); deleted {deleted} job row(s); "
           f"recreated {len(report.created)} job(s) from beat_schedules.py")
     return EXIT_OK
-
-
-def _confirm(question: str) -> bool:
-    if not sys.stdin.isatty():
-        raise ManagerError("refusing to ask for confirmation without a terminal: pass --yes")
-    return input(f"{question} [y/N] ").strip().lower() in ("y", "yes")
 
 
 def _remove_schedule_files(settings: Settings) -> int:

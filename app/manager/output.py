@@ -1,4 +1,4 @@
-"""Terminal output: aligned tables, colour only on a terminal (and never with NO_COLOR)."""
+"""Terminal output: aligned tables, colour only on a terminal (and never with NO_COLOR); confirmations."""
 
 import os
 import re
@@ -53,3 +53,10 @@ def human_bytes(count: int) -> str:
             return f"{size:.1f} {unit}" if unit != "B" else f"{int(size)} B"
         size /= 1024
     return f"{size:.1f} GB"
+
+
+def confirm(question: str, error: type[Exception]) -> bool:
+    """Ask `question` (yes/no, default no); without a terminal raise `error` telling to pass --yes."""
+    if not sys.stdin.isatty():
+        raise error("refusing to ask for confirmation without a terminal: pass --yes")
+    return input(f"{question} [y/N] ").strip().lower() in ("y", "yes")
