@@ -17,7 +17,7 @@ from sqlalchemy.exc import SQLAlchemyError  # noqa: E402
 
 from app.core.config import TIMEZONE, Settings, get_settings  # noqa: E402
 from app.core.logging import task_result_record, write_task_result  # noqa: E402
-from app.core.database import SessionFactory  # noqa: E402
+from app.core.database import SessionFactory, engine  # noqa: E402
 from app.core.migrations import migrate_all  # noqa: E402
 from app.services.alerts import alert_job_outcome  # noqa: E402
 from app.services.job_runs import finish_run, start_run  # noqa: E402
@@ -103,6 +103,13 @@ _timeouts_logged: deque[str] = deque(maxlen=1000)
 def _migrate_before_consuming(**_):
     # A worker may start before beat on a new database; tasks need the tables.
     migrate_all()
+
+
+@signals.worker_process_init.connect
+def _own_database_connections(**_):
+    # A forked pool child must never use the connections its parent pooled (worker_init migrates
+    # through them): two processes on one PostgreSQL socket read each other's answers.
+    engine.sa_engine.dispose(close=False)
 
 
 @signals.task_prerun.connect
