@@ -1,4 +1,5 @@
-"""The worker's consumer, with task events flushed in batches instead of one publish per event."""
+"""The worker's consumer: task events flushed in batches instead of one publish per event, and a
+lost broker connection that never kills the worker."""
 
 from celery.worker.consumer import Consumer
 
@@ -28,3 +29,17 @@ class EventBatchingConsumer(Consumer):
     def shutdown(self):
         self._flush_events()
         super().shutdown()
+
+    def on_connection_error_after_connected(self, exc):
+        """Celery 5.7 closes the connection after `collect()` has dropped the transport's client.
+        kombu's Redis channel then needs that client (to restore unacked messages now, or to ack a
+        message of the old channel later) and the AttributeError kills the worker. Collect only, as
+        Celery 5.6 did: the old channel keeps its pool and acks through it once the broker is back.
+        """
+        if self.connection is not None:
+            self.connection.close = _leave_open
+        super().on_connection_error_after_connected(exc)
+
+
+def _leave_open() -> None:
+    """Stands in for closing a connection whose resources `collect()` has released already."""
