@@ -72,6 +72,19 @@ def worker(celery_app):
         yield running
 
 
+@pytest.fixture(params=["embedded", "redis"])
+def broker_client(request):
+    """A redis-py client on the embedded broker and on the machine's Redis (a database of the tests' own)."""
+    import redis
+
+    from app.core.broker import redis_client
+
+    if request.param == "embedded":
+        request.getfixturevalue("embedded_broker")
+        return redis_client(request.getfixturevalue("settings").broker_url)
+    return redis.Redis.from_url(request.getfixturevalue("redis_url"))
+
+
 @pytest.fixture(scope="session")
 def django_db(embedded_broker):
     """Django on the in-process SQLite file, migrated."""

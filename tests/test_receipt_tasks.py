@@ -13,6 +13,7 @@ from app.core.migrations import upgrade_app_schema
 from app.models import Delivery, DeliveryFile, TrackingEvent
 from tests.services.test_receipt import add_delivered
 from tests.support.app_cli import run_app
+from tests.support.waiting import wait_until
 
 TASK = "app.tasks.receipt_tasks.generate_receipt"
 RESULT_TIMEOUT = 60
@@ -49,13 +50,6 @@ def task_result_line(settings, task_id: str) -> dict:
             return found[-1]
         time.sleep(0.05)
     raise AssertionError(f"no task_results.log line for {task_id}")
-
-
-def wait_until(condition, timeout=10):
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.05)
 
 
 def test_receipt_task_carries_its_evidence_step(celery_app):

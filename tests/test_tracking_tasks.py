@@ -1,6 +1,5 @@
 """The tracking jobs through a real worker, against the simulator over HTTP, on the embedded default."""
 
-import time
 from datetime import date, timedelta
 
 import pytest
@@ -8,12 +7,22 @@ from sqlalchemy import delete, select
 
 from app.core.database import session_scope
 from app.models import Delivery, TrackingEvent
+from tests.support.waiting import wait_until
 
 RESULT_TIMEOUT = 60
 
 
+def _remove_deliveries() -> None:
+    with session_scope() as session:
+        session.execute(delete(TrackingEvent))
+        session.execute(delete(Delivery))
+
+
 @pytest.fixture
 def deliveries(django_db, carrier_simulator):
+    """Adds deliveries to a table that starts empty (another test in this process may have left some)."""
+    _remove_deliveries()
+
     def add(*numbers, deadline=date(2099, 12, 31)):
         with session_scope() as session:
             rows = [Delivery(reference=f"CASE-{n}", recipient_name="张三", phone="13800138000", address="北京市",
@@ -22,9 +31,7 @@ def deliveries(django_db, carrier_simulator):
         return [row.id for row in rows]
 
     yield add
-    with session_scope() as session:
-        session.execute(delete(TrackingEvent))
-        session.execute(delete(Delivery))
+    _remove_deliveries()
 
 
 def statuses() -> dict[str, str]:
@@ -35,13 +42,6 @@ def statuses() -> dict[str, str]:
 def evidence_states() -> set[str]:
     with session_scope() as session:
         return set(session.scalars(select(Delivery.evidence_status)))
-
-
-def wait_until(condition, timeout=30):
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.1)
 
 
 def run_update(celery_app):

@@ -1,19 +1,13 @@
 """Result keys without an expiry get one; keys with one, and other keys, are left as they are."""
 
 import pytest
-import redis
 
-from app.core.broker import redis_client
 from app.services.results import expire_orphaned_results
 
 
-@pytest.fixture(params=["embedded", "redis"])
-def client(request):
-    if request.param == "embedded":
-        request.getfixturevalue("embedded_broker")
-        client = redis_client(request.getfixturevalue("settings").broker_url)
-    else:
-        client = redis.Redis.from_url(request.getfixturevalue("redis_url"))
+@pytest.fixture
+def client(broker_client):
+    client = broker_client
     created = []
     yield client, created
     if created:
