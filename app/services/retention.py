@@ -5,7 +5,7 @@ A removed delivery's file rows go with it; the files themselves go with the next
 
 from datetime import datetime
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.orm import sessionmaker
 
 from app.core.database import session_scope
@@ -33,5 +33,8 @@ def remove_expired_deliveries(factory: sessionmaker, cutoff: datetime, batch_siz
 
 
 def remove_old_job_runs(factory: sessionmaker, cutoff: datetime) -> int:
+    """Delete job runs from before `cutoff`: by their start, or, for runs never started (skipped, lost
+    in the queue), by their due time or, failing that, their end."""
+    began = func.coalesce(JobRun.started_at, JobRun.due_at, JobRun.finished_at)
     with session_scope(factory) as session:
-        return session.execute(delete(JobRun).where(JobRun.started_at < cutoff)).rowcount
+        return session.execute(delete(JobRun).where(began < cutoff)).rowcount

@@ -78,3 +78,23 @@ def test_retention_removes_old_failures_and_job_runs_only(factory):
     assert count(factory, Delivery) == 5 and count(factory, TrackingEvent) == 10
     assert remove_old_job_runs(factory, NOW - timedelta(days=90)) == 1
     assert count(factory, JobRun) == 1
+
+
+def test_job_run_retention_dates_runs_never_started_by_their_due_time(factory):
+    def days_ago(days):
+        return None if days is None else NOW - timedelta(days=days)
+
+    # (name, outcome, due, started, finished), times in days ago; the cut-off is 90 days ago.
+    runs = [("skipped-long-ago", "skipped_missed", 120, None, 80),  # skipped when beat came back: its due time counts
+            ("lost-in-queue", "lost", 100, None, 99),
+            ("started-late", "success", 91, 89, 89),  # its start counts
+            ("skipped-recently", "skipped_overlap", 10, None, 10),
+            ("sent-recently", "sent", 1, None, None),
+            ("undated-but-ended-long-ago", "lost", None, None, 95)]
+    with factory.begin() as session:
+        session.add_all(JobRun(name=name, outcome=outcome, due_at=days_ago(due), started_at=days_ago(started),
+                               finished_at=days_ago(finished)) for name, outcome, due, started, finished in runs)
+
+    assert remove_old_job_runs(factory, NOW - timedelta(days=90)) == 3
+    with factory() as session:
+        assert sorted(session.scalars(select(JobRun.name))) == ["sent-recently", "skipped-recently", "started-late"]

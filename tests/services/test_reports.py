@@ -14,6 +14,9 @@ from app.services.reports import generate_report, last_ended_period, period_boun
 
 SHANGHAI = ZoneInfo("Asia/Shanghai")
 CARRIERS = ("ems", "sf", "yto")
+SKIPPED = ("skipped_overlap", "skipped_missed")
+UNFINISHED = ("sending", "sent", "running")
+JOB_KEYS = ("runs", "skipped", "failures", "longest_seconds", "max_lateness_seconds", "mean_lateness_seconds")
 BUCKET_HOURS = (("<24h", 0, 24), ("1-2d", 24, 48), ("2-3d", 48, 72), ("3-5d", 72, 120), ("5-7d", 120, 168),
                 (">7d", 168, float("inf")))
 
@@ -67,17 +70,48 @@ def seeded_receipts() -> list[dict]:
 
 
 def seeded_job_runs() -> list[dict]:
-    def run(name, started, seconds, outcome):
-        return {"name": name, "started_at": started, "outcome": outcome,
-                "finished_at": started + timedelta(seconds=seconds) if seconds is not None else None}
+    """Beat's history of due runs (sent, started or not, skipped) and runs sent by hand, around November."""
+    def run(name, outcome, due=None, lateness=None, started=None, seconds=None, skipped_at=None, ended=None):
+        """A due run is sent `lateness` seconds after it fell due, unless beat skipped it at `skipped_at`;
+        a run sent by hand has no due time. `ended` is when a run that never started was found lost."""
+        sent = due + timedelta(seconds=lateness) if due and outcome not in SKIPPED + ("sending",) else None
+        finished = started + timedelta(seconds=seconds) if seconds is not None else skipped_at or ended
+        return {"name": name, "outcome": outcome, "due_at": due, "sent_at": sent, "lateness_seconds": lateness,
+                "started_at": started, "finished_at": finished}
 
-    return [run("update-tracking-status", shanghai(2026, 11, 1, 0, 0, 5), 12.5, "success"),
-            run("update-tracking-status", shanghai(2026, 11, 2, 10, 0), 95, "failure"),
-            run("update-tracking-status", shanghai(2026, 11, 20, 10, 0), None, "running"),
-            run("update-tracking-status", shanghai(2026, 10, 31, 23, 50), 4000, "failure"),  # October
-            run("cleanup-logs", shanghai(2026, 11, 8, 3, 30), 3.25, "success"),
-            run("cleanup-logs", shanghai(2026, 11, 15, 3, 30), 7, "lost"),
-            run("archive-old-data", shanghai(2026, 11, 30, 23, 59), None, "running")]
+    return [
+        run("update-tracking-status", "success", shanghai(2026, 11, 1), 4.5, shanghai(2026, 11, 1, 0, 0, 5), 12.5),
+        run("update-tracking-status", "failure", shanghai(2026, 11, 2, 10), 0.25, shanghai(2026, 11, 2, 10, 0, 1), 95),
+        run("update-tracking-status", "running", shanghai(2026, 11, 20, 10), 1, shanghai(2026, 11, 20, 10, 0, 2)),
+        # Due while the run above was still running.
+        run("update-tracking-status", "skipped_overlap", shanghai(2026, 11, 20, 10, 5), 0.3,
+            skipped_at=shanghai(2026, 11, 20, 10, 5, 0, 300000)),
+        # Missed while beat was down for five hours: its lateness is no run's lateness.
+        run("update-tracking-status", "skipped_missed", shanghai(2026, 11, 15, 9), 18000,
+            skipped_at=shanghai(2026, 11, 15, 14)),
+        run("update-tracking-status", "success", started=shanghai(2026, 11, 15, 14, 0, 30), seconds=20),  # by hand
+        # Sent, not started yet: neither a failure nor a runtime.
+        run("update-tracking-status", "sent", shanghai(2026, 11, 29, 23, 55), 1.5),
+        run("update-tracking-status", "failure", shanghai(2026, 10, 31, 23, 50), 2,
+            shanghai(2026, 10, 31, 23, 50, 3), 4000),  # October, though it ended in November
+        run("update-tracking-status", "success", shanghai(2026, 10, 31, 23, 59, 59, 500000), 0.7,
+            shanghai(2026, 11, 1, 0, 0, 1), 10),  # due in October, started in November
+        run("update-tracking-status", "failure", shanghai(2026, 11, 30, 23, 59, 59, 900000), 0.3,
+            shanghai(2026, 12, 1, 0, 0, 0, 500000), 30),  # due in November, started in December
+        run("cleanup-logs", "success", shanghai(2026, 11, 8, 3, 30), 0.8, shanghai(2026, 11, 8, 3, 30, 1), 3.25),
+        # Sent and never started; found lost an hour later.
+        run("cleanup-logs", "lost", shanghai(2026, 11, 15, 3, 30), 0.5, ended=shanghai(2026, 11, 15, 4, 30)),
+        run("cleanup-logs", "skipped_missed", shanghai(2026, 11, 22, 3, 30), 19800,
+            skipped_at=shanghai(2026, 11, 22, 9)),
+        run("cleanup-logs", "success", started=shanghai(2026, 10, 31, 23, 59, 50), seconds=30),  # by hand, October
+        run("cleanup-logs", "success", started=shanghai(2026, 11, 30, 23, 59, 59), seconds=2),  # by hand
+        run("archive-old-data", "running", shanghai(2026, 11, 30, 23, 59), 0.4, shanghai(2026, 11, 30, 23, 59, 1)),
+        # Recorded by beat, not yet known to be published.
+        run("archive-old-data", "sending", shanghai(2026, 11, 29, 2), 0.1),
+        # Nothing but a skip in its week.
+        run("backup-database", "skipped_overlap", shanghai(2026, 11, 26, 2), 0.5,
+            skipped_at=shanghai(2026, 11, 26, 2, 0, 0, 500000)),
+    ]
 
 
 def seed(factory) -> dict:
@@ -116,15 +150,22 @@ def expected_numbers(seeded: dict, first_day: date, end_day: date) -> dict:
     durations = sorted(hours(r) for r in delivered)
     carriers = sorted({r["carrier"] for r in created + delivered})
     days = [first_day + timedelta(days=n) for n in range((end_day - first_day).days)]
-    runs = [r for r in seeded["job_runs"] if within(r["started_at"])]
+    # A run belongs to the period it fell due in; a run sent by hand to the one it started in.
+    job_runs = [r for r in seeded["job_runs"] if within(r["due_at"] or r["started_at"])]
 
     def shanghai_day(moment):
         return moment.astimezone(SHANGHAI).date()
 
-    def longest(name):
-        seconds = [(r["finished_at"] - r["started_at"]).total_seconds() for r in runs
-                   if r["name"] == name and r["finished_at"]]
-        return max(seconds, default=None)
+    def job(name):
+        rows = [r for r in job_runs if r["name"] == name]
+        ran = [r for r in rows if r["outcome"] not in SKIPPED]
+        lateness = [r["lateness_seconds"] for r in ran if r["lateness_seconds"] is not None]
+        return {"name": name, "runs": len(ran), "skipped": len(rows) - len(ran),
+                "failures": sum(r["outcome"] not in ("success", *UNFINISHED) for r in ran),
+                "longest_seconds": max(((r["finished_at"] - r["started_at"]).total_seconds() for r in ran
+                                        if r["started_at"] and r["finished_at"]), default=None),
+                "max_lateness_seconds": max(lateness, default=None),
+                "mean_lateness_seconds": statistics.mean(lateness) if lateness else None}
 
     return {
         "deliveries": {
@@ -142,10 +183,7 @@ def expected_numbers(seeded: dict, first_day: date, end_day: date) -> dict:
                       "median_hours": percentile(sorted(hours(r) for r in delivered if r["carrier"] == c), 0.5)}
                      for c in carriers],
         "receipts_issued": sum(r["kind"] == "receipt" and within(r["created_at"]) for r in seeded["receipts"]),
-        "jobs": [{"name": name, "runs": sum(r["name"] == name for r in runs),
-                  "failures": sum(r["name"] == name and r["outcome"] not in ("success", "running") for r in runs),
-                  "longest_seconds": longest(name)}
-                 for name in sorted({r["name"] for r in runs})],
+        "jobs": [job(name) for name in sorted({r["name"] for r in job_runs})],
         "per_day": [{"day": day.isoformat(),
                      "created": sum(shanghai_day(r["created_at"]) == day for r in created),
                      "delivered": sum(shanghai_day(r["delivered_at"]) == day for r in delivered)} for day in days],
@@ -251,8 +289,24 @@ def test_csv_holds_the_same_numbers(factory, tmp_path):
                                                                            abs=1e-3)
     assert [int(values["created_per_day", d["day"]]) for d in expected["per_day"]] == [
         d["created"] for d in expected["per_day"]]
-    assert int(values["job:cleanup-logs", "failures"]) == 1
+    jobs = {(section, key): None if value == "" else float(value)
+            for (section, key), value in values.items() if section.startswith("job:")}
+    assert jobs == approximately({(f"job:{job['name']}", key): job[key]
+                                  for job in expected["jobs"] for key in JOB_KEYS})
     assert values["receipts", "issued"] == str(expected["receipts_issued"])
+
+
+def test_html_jobs_table_shows_skips_and_lateness(factory, tmp_path):
+    seed(factory)
+    generate_report(factory, tmp_path, "weekly", date(2026, 11, 26))
+
+    html = (tmp_path / "weekly" / "2026-11-23.html").read_text(encoding="utf-8")
+    assert ('<th class="n">跳过 Skipped</th><th class="n">失败 Failures</th><th>最长耗时 Longest run</th>'
+            "<th>最大延迟 Max lateness</th><th>平均延迟 Mean lateness</th>") in html
+    # Only skipped in that week: no run, so no lateness either.
+    assert ('<tr><td>backup-database</td><td class="n">0</td><td class="n">1</td><td class="n">0</td>'
+            "<td>–</td><td>–</td><td>–</td></tr>") in html
+    assert '<tr><td>update-tracking-status</td><td class="n">1</td>' in html and "<td>1.5 s</td>" in html
 
 
 def test_an_empty_period_has_zeros_and_no_percentiles(factory, tmp_path):

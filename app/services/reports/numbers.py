@@ -23,7 +23,9 @@ from app.models import Delivery, DeliveryFile, DeliveryStatus, FileKind, JobRun
 SHANGHAI_OFFSET = timedelta(hours=8)
 IN_TRANSIT = (DeliveryStatus.IN_TRANSIT, DeliveryStatus.OUT_FOR_DELIVERY)
 ENDED_BADLY = (DeliveryStatus.TIMEOUT, DeliveryStatus.FAILED)
-NOT_FAILED_OUTCOMES = ("success", "running")
+SKIPPED_OUTCOMES = ("skipped_overlap", "skipped_missed")
+# Unfinished runs have not failed (yet); every other outcome of a run that was not skipped has.
+NOT_FAILED_OUTCOMES = ("success", "running", "sent", "sending") + SKIPPED_OUTCOMES
 # Time-to-delivery histogram: (label, exclusive upper bound in hours); the last bucket is open-ended.
 BUCKETS = (("<24h", 24), ("1-2d", 48), ("2-3d", 72), ("3-5d", 120), ("5-7d", 168), (">7d", None))
 
@@ -189,14 +191,20 @@ def _receipts_issued(session: Session, start_utc: datetime, end_utc: datetime) -
 
 
 def _jobs(session: Session, dialect: str, start_utc: datetime, end_utc: datetime) -> list[dict]:
-    """Per periodic job that started in the period: runs, failures, longest runtime of a finished run."""
+    """Per periodic job with a run due in the period (a run sent by hand: started in it): runs, skips,
+    failures, longest runtime of a finished run, and the max and mean lateness of the runs sent."""
     runtime = _seconds_between(dialect, JobRun.started_at, JobRun.finished_at)
+    ran = JobRun.outcome.notin_(SKIPPED_OUTCOMES)
     rows = session.execute(
-        select(JobRun.name, func.count(), func.count().filter(JobRun.outcome.notin_(NOT_FAILED_OUTCOMES)),
-               func.max(runtime))
-        .where(_within(JobRun.started_at, start_utc, end_utc)).group_by(JobRun.name).order_by(JobRun.name))
-    return [{"name": name, "runs": runs, "failures": failures, "longest_seconds": _rounded(longest)}
-            for name, runs, failures, longest in rows]
+        select(JobRun.name, func.count().filter(ran), func.count().filter(JobRun.outcome.in_(SKIPPED_OUTCOMES)),
+               func.count().filter(JobRun.outcome.notin_(NOT_FAILED_OUTCOMES)), func.max(runtime),
+               func.max(JobRun.lateness_seconds).filter(ran), func.avg(JobRun.lateness_seconds).filter(ran))
+        .where(_within(func.coalesce(JobRun.due_at, JobRun.started_at), start_utc, end_utc))
+        .group_by(JobRun.name).order_by(JobRun.name))
+    return [{"name": name, "runs": runs, "skipped": skipped, "failures": failures,
+             "longest_seconds": _rounded(longest), "max_lateness_seconds": _rounded(max_lateness),
+             "mean_lateness_seconds": _rounded(mean_lateness)}
+            for name, runs, skipped, failures, longest, max_lateness, mean_lateness in rows]
 
 
 def _rounded(value: float | None) -> float | None:

@@ -10,6 +10,7 @@ from zoneinfo import ZoneInfo
 from app.core.config import TIMEZONE
 
 KIND_TITLES = {"daily": ("日报", "Daily"), "weekly": ("周报", "Weekly"), "monthly": ("月报", "Monthly")}
+JOB_KEYS = ("runs", "skipped", "failures", "longest_seconds", "max_lateness_seconds", "mean_lateness_seconds")
 CHART_WIDTH, CHART_HEIGHT = 900, 300
 MARGIN_LEFT, MARGIN_RIGHT, MARGIN_TOP, MARGIN_BOTTOM = 48, 12, 28, 36
 MAX_AXIS_LABELS = 16
@@ -77,7 +78,7 @@ def csv_rows(numbers: dict) -> list[tuple[str, str, object]]:
         rows += [(f"carrier:{carrier['carrier']}", key, carrier[key])
                  for key in ("created", "delivered", "median_hours")]
     for job in numbers["jobs"]:
-        rows += [(f"job:{job['name']}", key, job[key]) for key in ("runs", "failures", "longest_seconds")]
+        rows += [(f"job:{job['name']}", key, job[key]) for key in JOB_KEYS]
     rows += [("created_per_day", day["day"], day["created"]) for day in numbers["per_day"]]
     rows += [("delivered_per_day", day["day"], day["delivered"]) for day in numbers["per_day"]]
     return rows
@@ -172,8 +173,10 @@ def _carriers_table(carriers: list[dict]) -> str:
 
 
 def _jobs_table(jobs: list[dict]) -> str:
-    rows = [[j["name"], j["runs"], j["failures"], _seconds(j["longest_seconds"])] for j in jobs]
-    return _table(["任务 Job", "运行次数 Runs", "失败 Failures", "最长耗时 Longest run"], rows)
+    rows = [[j["name"], j["runs"], j["skipped"], j["failures"], _seconds(j["longest_seconds"]),
+             _seconds(j["max_lateness_seconds"]), _seconds(j["mean_lateness_seconds"])] for j in jobs]
+    return _table(["任务 Job", "运行次数 Runs", "跳过 Skipped", "失败 Failures", "最长耗时 Longest run",
+                   "最大延迟 Max lateness", "平均延迟 Mean lateness"], rows)
 
 
 def _per_day_table(per_day: list[dict]) -> str:
