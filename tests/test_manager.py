@@ -89,11 +89,11 @@ def test_stale_pid_file_does_not_block_start(embedded_project, pid_source):
 
 def test_failed_start_exits_non_zero_with_the_last_log_lines(embedded_project):
     project = embedded_project
-    (project.root / "app" / "tasks" / "beat_schedules.py").write_text("raise RuntimeError('broken table')\n")
+    (project.root / "app" / "scheduling" / "scheduler.py").write_text("raise RuntimeError('broken scheduler')\n")
     started = project.manager("start")
     assert started.returncode == 1
     assert "beat exited with code" in started.stderr
-    assert "broken table" in started.stderr, "the cause is shown from the service's own output"
+    assert "broken scheduler" in started.stderr, "the cause is shown from the service's own output"
 
 
 def test_stop_waits_for_a_busy_worker_to_finish_its_task(embedded_project, tmp_path):

@@ -6,7 +6,7 @@ import pytest
 from celery.schedules import crontab
 from django_celery_beat.models import CrontabSchedule, PeriodicTask, PeriodicTasks
 
-from app.scheduling import scheduler as scheduler_module
+from app.scheduling.scheduler import ScheduleTableScheduler
 from app.scheduling.models import CodeDefinedJob
 from app.scheduling.sync import ScheduleEntryError, sync_schedule_table
 
@@ -101,10 +101,9 @@ def test_invalid_entry_is_named_and_nothing_changes(clean_schedule, bad, message
     assert PeriodicTask.objects.get(name="good-job").crontab.minute == "10"
 
 
-def test_beat_start_syncs_the_table_before_the_first_tick(clean_schedule, celery_app, monkeypatch):
+def test_beat_start_syncs_the_table_before_the_first_tick(clean_schedule, celery_app):
     sync_schedule_table({"old-job": entry(), "kept-job": entry(minute="20")})
-    monkeypatch.setattr(scheduler_module, "BEAT_SCHEDULE", {"kept-job": entry(minute="20")})
-    scheduler = scheduler_module.ScheduleTableScheduler(app=celery_app)
+    scheduler = ScheduleTableScheduler(app=celery_app, table={"kept-job": entry(minute="20")})
     assert "old-job" not in scheduler.schedule
     assert "kept-job" in scheduler.schedule
     assert not PeriodicTask.objects.get(name="old-job").enabled

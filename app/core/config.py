@@ -61,6 +61,9 @@ class Settings(BaseSettings):
     load_warn_per_cpu: float = Field(2.0, gt=0)
     task_max_deliveries: int = Field(3, ge=1)
     worker_concurrency: int = Field(2, ge=1)
+    # Seconds a beat's leader lease lasts without renewal: a standby takes over within this time
+    # of the leader dying, and a beat whose heartbeat is older than this is reported down.
+    beat_leader_timeout: float = Field(30.0, ge=3)
     flower_address: str = "127.0.0.1"
     flower_port: int = Field(5555, ge=1, le=65535)
     flower_basic_auth: str | None = None  # user:password[,user2:password2]; unset = generated under var/

@@ -4,6 +4,7 @@ import argparse
 import json
 import os
 import signal
+import socket
 import sys
 import threading
 import time
@@ -83,6 +84,8 @@ def cmd_start(settings: Settings, args) -> int:
     if running and len(running) == len(names):
         pid = pid_state(_process(settings, running[0], args)).pid
         raise ManagerError(f"{', '.join(running)} already running (pid {pid}); use 'restart' or 'stop' first")
+    if "beat" in names and "beat" not in running:
+        _refuse_bad_schedule()
     broker = _broker(settings)
     if broker and broker.pid() is None:
         broker.start()
@@ -141,6 +144,8 @@ def cmd_foreground(settings: Settings, args) -> int:
     busy = [s.name for s in services if clear_stale_pidfile(s).running]
     if busy:
         raise ManagerError(f"{', '.join(busy)} already running in the background; 'stop' it first")
+    if any(s.name == "beat" for s in services):
+        _refuse_bad_schedule()
     broker = _broker(settings)
     started_broker = bool(broker) and broker.pid() is None
     children, stop_tailing = {}, threading.Event()
@@ -183,7 +188,7 @@ def _wait_any(children: dict) -> str:
 # -- status / check --------------------------------------------------------------------------
 
 
-def _service_rows(settings: Settings, names: list[str]) -> tuple[list[list[str]], dict[str, bool]]:
+def _service_rows(settings: Settings, names: list[str], liveness) -> tuple[list[list[str]], dict[str, bool]]:
     rows, running = [], {}
     broker = _broker(settings)
     if broker:
@@ -192,6 +197,8 @@ def _service_rows(settings: Settings, names: list[str]) -> tuple[list[list[str]]
         state = clear_stale_pidfile(service_process(settings, name))
         running[name] = state.running
         rows.append(_stats_row(name, state.pid if state.running else None, ""))
+        if name == "beat" and state.running:
+            running[name] = _judge_beat(rows[-1], state.pid, liveness, settings.beat_leader_timeout)
     return rows, running
 
 
@@ -203,17 +210,40 @@ def _stats_row(name: str, pid: int | None, note: str) -> list[str]:
             f"{stats.cpu_percent:.1f}%", human_bytes(stats.memory_bytes), note]
 
 
+def _judge_beat(row: list[str], pid: int, liveness, timeout: float) -> bool:
+    """Mark a running beat process down when its heartbeat is stale; whether it is alive."""
+    if liveness is None:
+        row[6] = "heartbeat unknown: broker unreachable"
+        return True
+    host = socket.gethostname()
+    beat = next((b for b in liveness.heartbeats if b.pid == pid and b.host == host), None)
+    if beat and beat.alive(timeout):
+        row[6] = "leader" if beat.leading else "standby"
+        return True
+    stats = process_stats(pid)
+    if beat is None and stats and stats.uptime_seconds < timeout:
+        row[1], row[6] = paint("starting", "yellow"), "no heartbeat yet"
+        return True
+    row[1] = paint("down", "red")
+    row[6] = (f"process alive but no tick for {beat.age_seconds:.0f} s (stuck?)" if beat
+              else "process alive but never wrote a heartbeat")
+    return False
+
+
 def cmd_status(settings: Settings, args) -> int:
     names = _all_services(settings) if args.service == "all" else (args.service,)
-    rows, running = _service_rows(settings, list(names))
+    broker_probe = inspect.probe_broker(settings)
+    liveness = inspect.beat_liveness(settings) if broker_probe.ok else None
+    rows, running = _service_rows(settings, list(names), liveness)
     print(table(["service", "state", "pid", "uptime", "cpu", "memory", ""], rows))
     print()
-    broker_probe = inspect.probe_broker(settings)
     database_probe = inspect.probe_database(settings)
     facts = [
         ["broker", _ok(broker_probe.ok, "reachable", "unreachable"), broker_probe.detail],
         ["database", _ok(database_probe.ok, "reachable", "unreachable"), database_probe.detail],
     ]
+    if liveness is not None:
+        facts.append(["leader", _ok(liveness.ok, "ok", "none"), liveness.detail])
     if broker_probe.ok:
         workers = inspect.worker_queues()
         facts.append(["workers", str(len(workers)), "; ".join(f"{w}: {', '.join(q)}" for w, q in workers.items()) or "none answered a ping"])
@@ -246,10 +276,9 @@ def _ok(ok: bool, good: str, bad: str) -> str:
 def _next_due() -> list[str]:
     _setup_django()
     from app.scheduling.overview import next_due
-    from app.tasks.beat_schedules import BEAT_SCHEDULE
 
     try:
-        row = next_due(BEAT_SCHEDULE)
+        row = next_due(_schedule_table())
     except Exception as error:  # noqa: BLE001 - a fresh database has no tables until beat starts
         return ["-", f"schedule not readable yet ({type(error).__name__}); beat creates it at start"]
     return [row.name, f"at {row.next_run} (Asia/Shanghai)"] if row else ["-", "no enabled job"]
@@ -257,6 +286,29 @@ def _next_due() -> list[str]:
 
 def _setup_django() -> None:
     import app.tasks.celery_app  # noqa: F401  (configures Django)
+
+
+def _schedule_table() -> dict[str, dict]:
+    """beat_schedules.py's table; a file that cannot be loaded is one line naming the entry."""
+    _setup_django()
+    from app.scheduling.table import ScheduleTableError, load_schedule_table
+
+    try:
+        return load_schedule_table()
+    except ScheduleTableError as error:
+        raise ManagerError(str(error)) from None
+
+
+def _refuse_bad_schedule() -> None:
+    """Stop before starting beat when an entry of the table could not be scheduled."""
+    _setup_django()
+    from app.scheduling.table import ScheduleTableError, checked_schedule_table
+    from app.tasks.celery_app import app
+
+    try:
+        checked_schedule_table(app)
+    except ScheduleTableError as error:
+        raise ManagerError(f"beat not started: {error}") from None
 
 
 def cmd_check(settings: Settings, args) -> int:
@@ -286,6 +338,7 @@ def _checks(settings: Settings):
     yield from _schedule_checks()
     yield from _evidence_checks(settings)
     if broker.ok:
+        yield from _beat_liveness_check(settings)
         yield from _worker_checks()
 
 
@@ -303,22 +356,32 @@ def _evidence_checks(settings: Settings):
 
 
 def _schedule_checks():
-    from app.tasks.beat_schedules import BEAT_SCHEDULE
-
     _setup_django()
-    from app.scheduling.sync import ScheduleEntryError, validate_entry
+    from app.scheduling.table import entry_problems, registered_tasks
+    from app.tasks.celery_app import app
 
-    errors = []
-    for name, entry in BEAT_SCHEDULE.items():
-        try:
-            validate_entry(name, entry)
-        except ScheduleEntryError as error:
-            errors.append(str(error))
-    yield not errors, "schedule", "; ".join(errors) or f"{len(BEAT_SCHEDULE)} entries valid"
+    try:
+        table = _schedule_table()
+    except ManagerError as error:
+        yield False, "schedule", str(error)
+        return
+    problems = entry_problems(table, registered_tasks(app))
+    for problem in problems:
+        yield False, "schedule", problem
+    if not problems:
+        yield True, "schedule", f"{len(table)} entries valid"
+
+
+def _beat_liveness_check(settings: Settings):
+    liveness = inspect.beat_liveness(settings)
+    if liveness is None:
+        return
+    beat_running = pid_state(service_process(settings, "beat")).running
+    if liveness.ok or beat_running or liveness.heartbeats:
+        yield liveness.ok, "beat leader", liveness.detail
 
 
 def _worker_checks():
-    from app.tasks.beat_schedules import BEAT_SCHEDULE
     from app.tasks.queues import Queue
 
     consumers = inspect.worker_queues()
@@ -326,7 +389,7 @@ def _worker_checks():
         yield False, "workers", "no worker answered a ping: start one with 'start --service worker'"
         return
     registered = set().union(*inspect.worker_tasks().values())  # a worker too slow to answer adds nothing
-    missing = sorted({entry["task"] for entry in BEAT_SCHEDULE.values()} - registered)
+    missing = sorted({entry["task"] for entry in _schedule_table().values()} - registered)
     yield not missing, "tasks", (f"not registered with any worker: {', '.join(missing)}" if missing
                                  else f"every scheduled task registered ({len(consumers)} worker(s))")
     consumed = {queue for queues in consumers.values() for queue in queues}
@@ -361,15 +424,22 @@ def _drift_note(row) -> str:
     return "-"
 
 
-def cmd_list(settings: Settings, args) -> int:
-    from app.tasks.beat_schedules import BEAT_SCHEDULE
+OUTCOME_COLOURS = {"success": "green", "failure": "red", "lost": "red", "skipped_overlap": "yellow",
+                   "skipped_missed": "yellow"}
 
+
+def _outcome_note(outcome: str | None) -> str:
+    return paint(outcome, OUTCOME_COLOURS[outcome]) if outcome in OUTCOME_COLOURS else outcome or "-"
+
+
+def cmd_list(settings: Settings, args) -> int:
+    schedule_table = _schedule_table()
     _setup_django()
     from app.scheduling.overview import job_rows
     from app.core.migrations import migrate_all
 
     migrate_all()
-    rows = job_rows(BEAT_SCHEDULE)
+    rows = job_rows(schedule_table)
     if args.json:
         print(json.dumps([row.as_dict() for row in rows], ensure_ascii=False, indent=2))
         return EXIT_OK
@@ -377,11 +447,14 @@ def cmd_list(settings: Settings, args) -> int:
         print("no periodic jobs yet: beat writes beat_schedules.py into the database at start")
         return EXIT_OK
     print(table(
-        ["name", "task", "schedule", "cron/interval", "queue", "enabled", "last run", "next run", "source", "drift"],
+        ["name", "task", "schedule", "cron/interval", "queue", "enabled", "last run", "outcome", "late", "next run",
+         "source", "drift"],
         [[r.name, r.task.removeprefix("app.tasks."), r.schedule, r.expression, r.queue or "-",
-          "yes" if r.enabled else paint("no", "yellow"), r.last_run or "-", r.next_run or "-", r.source,
-          _drift_note(r)] for r in rows]))
-    print("\ntimes are Asia/Shanghai; drift = a beat_schedules.py job edited in the admin (the edit stands "
+          "yes" if r.enabled else paint("no", "yellow"), r.last_run or "-", _outcome_note(r.last_outcome),
+          "-" if r.last_lateness_seconds is None else f"{r.last_lateness_seconds:.1f}s",
+          r.next_run or "-", r.source, _drift_note(r)] for r in rows]))
+    print("\ntimes are Asia/Shanghai; outcome and late = the last recorded run and how long after its due time "
+          "beat sent it; drift = a beat_schedules.py job edited in the admin (the edit stands "
           "until the entry changes in the file); replaced = an admin edit the file's change overwrote")
     return EXIT_OK
 
@@ -424,15 +497,14 @@ def cmd_clear(settings: Settings, args) -> int:
     if not args.yes and not confirm(f"Reset {scope} from beat_schedules.py (run history is lost)?", ManagerError):
         print("nothing changed")
         return EXIT_ERROR
+    schedule_table = _schedule_table()
     removed = _remove_schedule_files(settings)
-    from app.tasks.beat_schedules import BEAT_SCHEDULE
-
     _setup_django()
     from app.core.migrations import migrate_all
     from app.scheduling.sync import reset_schedule
 
     migrate_all()
-    deleted, report = reset_schedule(BEAT_SCHEDULE, everything=args.all)
+    deleted, report = reset_schedule(schedule_table, everything=args.all)
     print(f"removed {removed} schedule/PID file(s); deleted {deleted} job row(s); "
           f"recreated {len(report.created)} job(s) from beat_schedules.py")
     return EXIT_OK
@@ -451,11 +523,10 @@ def _remove_schedule_files(settings: Settings) -> int:
 
 
 def cmd_run(settings: Settings, args) -> int:
-    from app.tasks.beat_schedules import BEAT_SCHEDULE
-
-    if args.job not in BEAT_SCHEDULE:
+    schedule_table = _schedule_table()
+    if args.job not in schedule_table:
         raise ManagerError(f"no job {args.job!r} in beat_schedules.py; 'list' shows them")
-    entry = BEAT_SCHEDULE[args.job]
+    entry = schedule_table[args.job]
     from app.tasks.celery_app import app
 
     queue = entry["options"]["queue"]

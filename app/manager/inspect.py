@@ -37,6 +37,17 @@ def probe_broker(settings: Settings) -> Probe:
     return Probe(True, mask_url(settings.broker_url))
 
 
+def beat_liveness(settings: Settings):
+    """Which beat leads and each beat's last tick, from the broker; None when it does not answer."""
+    from app.scheduling.leader import beat_liveness as read_liveness
+
+    try:
+        client = redis_client(settings.broker_url, socket_timeout=2, socket_connect_timeout=2)
+        return read_liveness(client, settings.beat_leader_timeout)
+    except (redis.RedisError, OSError):
+        return None
+
+
 def probe_database(settings: Settings) -> Probe:
     from sqlalchemy import text
     from sqlalchemy.exc import SQLAlchemyError

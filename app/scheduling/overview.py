@@ -1,4 +1,4 @@
-"""Every periodic job as operators see it: schedule in words, last and next run, source, drift."""
+"""Every periodic job as operators see it: schedule in words, last and next run and how the last one went, source, drift."""
 
 from dataclasses import asdict, dataclass
 from datetime import datetime
@@ -8,8 +8,10 @@ from django.utils import timezone
 from django_celery_beat.models import CrontabSchedule, PeriodicTask
 
 from app.core.config import TIMEZONE
+from app.core.database import SessionFactory
 from app.scheduling.models import CodeDefinedJob
 from app.scheduling.sync import desired_state, drift
+from app.services.job_runs import last_runs
 
 SHANGHAI = ZoneInfo(TIMEZONE)
 
@@ -27,6 +29,8 @@ class JobRow:
     source: str  # "beat_schedules.py" or "admin"
     drift: list[str]
     replaced_admin_edit: list[str]  # fields of an admin edit that a change in the file overwrote
+    last_outcome: str | None = None  # of the latest recorded run: success, failure, skipped_overlap ...
+    last_lateness_seconds: float | None = None  # how long after its due time beat sent it
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -91,6 +95,7 @@ def job_rows(table: dict[str, dict], now: datetime | None = None) -> list[JobRow
     """One row per periodic task in the database, and per table entry not written there yet."""
     now = now or timezone.now()
     code_defined = dict(CodeDefinedJob.objects.values_list("name", "replaced_fields"))
+    runs = last_runs(SessionFactory)
     rows = []
     for task in PeriodicTask.objects.select_related("crontab", "interval", "solar", "clocked").order_by("name"):
         from_file = task.name in code_defined
@@ -106,6 +111,8 @@ def job_rows(table: dict[str, dict], now: datetime | None = None) -> list[JobRow
             source="beat_schedules.py" if from_file else "admin",
             drift=drift(task, table[task.name]) if from_file and task.name in table else [],
             replaced_admin_edit=code_defined.get(task.name) or [],
+            last_outcome=runs[task.name].outcome if task.name in runs else None,
+            last_lateness_seconds=runs[task.name].lateness_seconds if task.name in runs else None,
         ))
     stored = {row.name for row in rows}
     rows += [_unsynced_row(name, entry) for name, entry in table.items() if name not in stored]

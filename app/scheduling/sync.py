@@ -18,7 +18,7 @@ log = logging.getLogger(__name__)
 
 # The option keys django-celery-beat's DatabaseScheduler stores; any other key would be dropped.
 KEPT_OPTION_KEYS = frozenset({"queue", "exchange", "routing_key", "priority", "headers", "expire_seconds"})
-ENTRY_KEYS = frozenset({"task", "schedule", "args", "kwargs", "options"})
+ENTRY_KEYS = frozenset({"task", "schedule", "args", "kwargs", "options", "policy"})
 
 
 class ScheduleEntryError(ValueError):

@@ -1,4 +1,4 @@
-"""System health: database, broker, disk, memory and load in one structured report."""
+"""System health: database, broker, beat, disk, memory and load in one structured report."""
 
 import logging
 import os
@@ -43,13 +43,14 @@ class HealthReport:
 
 
 def _probe(name: str, probe: Callable[[], object]) -> Check:
-    """Run a connectivity probe; any exception is the finding, not a crash of the health check."""
+    """Run a probe, which may return a dict of details; any exception is the finding, not a crash of the health check."""
     started = time.monotonic()
     try:
-        probe()
+        detail = probe()
     except Exception as error:  # noqa: BLE001 - every failure is reported as the check's result
         return Check(name, CRITICAL, {"error": f"{type(error).__name__}: {error}"[:300]})
-    return Check(name, OK, {"latency_ms": round((time.monotonic() - started) * 1000, 2)})
+    extra = detail if isinstance(detail, dict) else {}
+    return Check(name, OK, {"latency_ms": round((time.monotonic() - started) * 1000, 2), **extra})
 
 
 def _memory_check(thresholds: HealthThresholds) -> Check:
@@ -75,6 +76,7 @@ def check_system_health(
     *,
     ping_database: Callable[[], object],
     ping_broker: Callable[[], object],
+    ping_beat: Callable[[], dict | None],
     data_paths: list[Path],
     thresholds: HealthThresholds,
 ) -> HealthReport:
@@ -82,6 +84,7 @@ def check_system_health(
     checks = [
         _probe("database", ping_database),
         _probe("broker", ping_broker),
+        _probe("beat", ping_beat),
         _disk_check(data_paths, thresholds),
         _memory_check(thresholds),
         _load_check(thresholds),

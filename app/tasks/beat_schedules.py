@@ -2,7 +2,11 @@
 
 Each entry: the task's dotted name, a crontab in Asia/Shanghai time, and options the database
 scheduler keeps: `queue`, and `expire_seconds` of about one period so a backlog after downtime
-never replays stale runs. Add a job here, implement its task, restart beat.
+never replays stale runs. An optional `policy` (app/scheduling/job_policy.py) says what beat does
+when a run falls due; left out, it is the safe default: overlap "skip" (never start a run while
+the previous one is still queued or running), missed "run_once" (after downtime, one catch-up
+run however many were missed), grace 300 s, no jitter. Add a job here, implement its task,
+restart beat.
 """
 
 from celery.schedules import crontab
@@ -55,20 +59,25 @@ BEAT_SCHEDULE = {
         "options": {"queue": Queue.HIGH_PRIORITY, "expire_seconds": HOUR},
     },
     # 每日任务 (daily, 02:00-04:30): the report, the backup, the optimiser, then the cleanups.
+    # Heavy jobs start up to 5 minutes late at random (jitter). A missed optimiser run is
+    # skipped rather than run in the working day; a missed report or backup still runs once.
     "generate-daily-report": {
         "task": "app.tasks.report_tasks.generate_daily_report",
         "schedule": crontab(minute=0, hour=2),
         "options": {"queue": Queue.LOW_PRIORITY, "expire_seconds": DAY},
+        "policy": {"jitter": 5 * MINUTE},
     },
     "backup-database": {
         "task": "app.tasks.maintenance_tasks.backup_database",
         "schedule": crontab(minute=30, hour=2),
         "options": {"queue": Queue.LOW_PRIORITY, "expire_seconds": DAY},
+        "policy": {"jitter": 5 * MINUTE},
     },
     "optimize-database": {
         "task": "app.tasks.maintenance_tasks.optimize_database",
         "schedule": crontab(minute=0, hour=3),
         "options": {"queue": Queue.LOW_PRIORITY, "expire_seconds": DAY},
+        "policy": {"missed": "skip", "grace": HOUR, "jitter": 5 * MINUTE},
     },
     "cleanup-expired-tasks": {
         "task": "app.tasks.maintenance_tasks.cleanup_expired_tasks",
@@ -91,16 +100,19 @@ BEAT_SCHEDULE = {
         "task": "app.tasks.report_tasks.generate_weekly_report",
         "schedule": crontab(minute=0, hour=6, day_of_week="mon"),
         "options": {"queue": Queue.LOW_PRIORITY, "expire_seconds": DAY},
+        "policy": {"jitter": 5 * MINUTE},
     },
     # 每月任务 (monthly): the 1st, after cleanup-expired-tasks has run.
     "archive-old-data": {
         "task": "app.tasks.maintenance_tasks.archive_old_data",
         "schedule": crontab(minute=30, hour=4, day_of_month=1),
         "options": {"queue": Queue.LOW_PRIORITY, "expire_seconds": DAY},
+        "policy": {"missed": "skip", "grace": 2 * HOUR, "jitter": 5 * MINUTE},
     },
     "generate-monthly-report": {
         "task": "app.tasks.report_tasks.generate_monthly_report",
         "schedule": crontab(minute=0, hour=6, day_of_month=1),
         "options": {"queue": Queue.LOW_PRIORITY, "expire_seconds": DAY},
+        "policy": {"jitter": 5 * MINUTE},
     },
 }

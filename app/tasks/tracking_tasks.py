@@ -17,6 +17,8 @@ from app.models.base import utcnow
 from app.services.alerts import alert_health, alert_lost_runs, alert_timeouts, overdue_references
 from app.services.carriers.kuaidi100 import Kuaidi100Client
 from app.services.evidence.status import mark_requested, missing_evidence_ids
+from app.scheduling.leader import beat_liveness
+from app.scheduling.table import load_schedule_table
 from app.services.health import HealthThresholds, check_system_health
 from app.services.job_runs import mark_lost_runs
 from app.services.ratelimit import RateLimiter
@@ -29,7 +31,6 @@ from app.services.tracking import (
     pending_delivery_ids,
     poll_deliveries,
 )
-from app.tasks.beat_schedules import BEAT_SCHEDULE
 from app.tasks.celery_app import HARD_TIME_LIMIT, SOFT_TIME_LIMIT, app
 from app.tasks.evidence import send_evidence
 from app.tasks.policies import CRITICAL_POLICY, DEFAULT_POLICY
@@ -55,6 +56,19 @@ def _ping_database() -> None:
 
 def _ping_broker() -> None:
     redis_client(get_settings().broker_url, socket_timeout=5, socket_connect_timeout=5).ping()
+
+
+class BeatDownError(Exception):
+    """No beat holds the leader lease with a fresh heartbeat."""
+
+
+def _ping_beat() -> dict:
+    settings = get_settings()
+    client = redis_client(settings.broker_url, socket_timeout=5, socket_connect_timeout=5)
+    liveness = beat_liveness(client, settings.beat_leader_timeout)
+    if not liveness.ok:
+        raise BeatDownError(liveness.detail)
+    return {"leader": liveness.detail}
 
 
 @lru_cache(maxsize=1)
@@ -95,11 +109,12 @@ def _stalled_jobs(webhook_url: str | None) -> list[str]:
 
 @app.task(**CRITICAL_POLICY)
 def system_health_check() -> dict:
-    """Database, broker, disk, memory and load, then stalled jobs; each failure is an incident."""
+    """Database, broker, beat, disk, memory and load, then stalled jobs; each failure is an incident."""
     settings = get_settings()
     report = check_system_health(
         ping_database=_ping_database,
         ping_broker=_ping_broker,
+        ping_beat=_ping_beat,
         data_paths=[settings.var_path, settings.logs_path],
         thresholds=HealthThresholds(
             disk_warn_percent=settings.disk_warn_percent,
@@ -155,7 +170,7 @@ def poll_tracking_chunk(delivery_ids: list[int]) -> dict:
 def _slow_job_cutoffs(now: datetime) -> dict[str, datetime]:
     """Jobs whose task has a hard time limit longer than the default (backups, say): their own cut-off."""
     cutoffs = {}
-    for name, entry in BEAT_SCHEDULE.items():
+    for name, entry in load_schedule_table().items():
         limit = getattr(app.tasks.get(entry["task"]), "time_limit", None)
         if limit and limit > HARD_TIME_LIMIT:
             cutoffs[name] = now - timedelta(seconds=limit + 60)

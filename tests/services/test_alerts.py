@@ -229,7 +229,8 @@ def test_health_report_raises_each_failing_component_and_clears_it_when_it_passe
             if broker_error:
                 raise ConnectionRefusedError(broker_error)
 
-        return check_system_health(ping_database=lambda: None, ping_broker=ping_broker, data_paths=[tmp_path],
+        return check_system_health(ping_database=lambda: None, ping_broker=ping_broker, ping_beat=lambda: None,
+                                   data_paths=[tmp_path],
                                    thresholds=thresholds(percent))
 
     alert_health(factory, check(0.01, broker_error="[Errno 111] Connection refused"), robot.url(), NOW)

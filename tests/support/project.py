@@ -37,6 +37,18 @@ from django_celery_beat.models import PeriodicTask
 print(json.dumps({t.name: t.enabled for t in PeriodicTask.objects.all()}))
 """
 
+JOB_RUNS = """
+import json
+from sqlalchemy import select
+from app.core.database import session_scope
+from app.models import JobRun
+with session_scope() as session:
+    rows = session.scalars(select(JobRun).order_by(JobRun.id)).all()
+    print(json.dumps([{c: (v.isoformat() if hasattr(v, "isoformat") else v)
+                       for c in ("name", "task_id", "due_at", "sent_at", "started_at", "finished_at",
+                                 "outcome", "lateness_seconds") for v in [getattr(r, c)]} for r in rows]))
+"""
+
 
 def free_port() -> int:
     with socket.socket() as probe:
@@ -88,6 +100,10 @@ class Project:
 
     def schedule_state(self) -> dict[str, bool]:
         return json.loads(self.python(SCHEDULE_STATE).strip().splitlines()[-1])
+
+    def job_runs(self) -> list[dict]:
+        """The run history (job_runs) in the copy's database, oldest first, times as ISO strings."""
+        return json.loads(self.python(JOB_RUNS).strip().splitlines()[-1])
 
     def edit_schedule(self, remove: str) -> None:
         """Remove one entry from the copy's beat_schedules.py, as a user would in an editor."""
