@@ -99,6 +99,13 @@ class Scenario:
         return self.project.log_text("celerybeat.log") + self.project.log_text("celerybeat-second.log")
 
 
+def lost_with_the_leader(run: dict, killed_at: datetime) -> bool:
+    """A run the killed leader recorded just before SIGKILL, perhaps without publishing it: beat
+    writes the row before it publishes, so it is never sent twice, and the health check marks it lost."""
+    return (run["task_id"] is not None and run["started_at"] is None
+            and killed_at - timedelta(seconds=2) <= moment(run["sent_at"]) <= killed_at)
+
+
 def run_scenario(project: Project) -> dict:
     now = datetime.now(SHANGHAI)
     hours = [now.hour, (now.hour + 1) % 24]
@@ -134,7 +141,8 @@ def run_scenario(project: Project) -> dict:
     unfinished = []
 
     def all_finished():
-        unfinished[:] = [r for r in scenario.history() if r["outcome"] in ("sending", "sent", "running")]
+        unfinished[:] = [r for r in scenario.history() if r["outcome"] in ("sending", "sent", "running")
+                         and not lost_with_the_leader(r, killed_at)]
         return not unfinished
 
     wait_until(all_finished, 60, "every sent run finished", lambda: f"(still open: {unfinished[:5]})")
@@ -169,15 +177,19 @@ def sent(history: list[dict], name: str) -> list[dict]:
 
 
 def test_every_due_run_is_sent_once_and_run_once(scenario):
-    history, results = scenario["history"], scenario["results"]
-    keys = [(run["name"], run["due_at"]) for run in history]
+    results = scenario["results"]
+    lost = [run for run in scenario["history"] if lost_with_the_leader(run, scenario["killed_at"])]
+    assert len(lost) <= len({run["name"] for run in lost}), "at most one run per job dies with the leader"
+    history = [run for run in scenario["history"] if run not in lost]
+    keys = [(run["name"], run["due_at"]) for run in scenario["history"]]
     assert len(keys) == len(set(keys)), "no due run recorded twice"
     executed = [line["id"] for line in results if line["name"].startswith("app.tasks.beat_probe")]
     assert len(executed) == len(set(executed)), "no message ran twice"
     for name in ("fast-every-1s", "fast-every-2s", "slow-skip", "shanghai-minute"):
         runs = sent(history, name)
         sends = scenario["beat_logs"].count(f"Sending due task {name} ")
-        assert runs and sends == len(runs), f"{name}: {sends} sends logged for {len(runs)} recorded runs"
+        dead = sum(run["name"] == name for run in lost)  # the killed leader may or may not have logged it
+        assert runs and len(runs) <= sends <= len(runs) + dead, f"{name}: {sends} sends logged, {len(runs)} runs"
         assert {run["outcome"] for run in runs} == {"success"}, f"{name}: every sent run ran"
         assert {run["task_id"] for run in runs} <= set(executed)
     fast = sorted(moment(run["due_at"]) for run in sent(history, "fast-every-1s"))
@@ -195,7 +207,8 @@ def test_killed_leader_hands_over_to_the_standby(scenario):
 
 
 def test_a_slow_job_with_skip_never_overlaps_itself(scenario):
-    runs = sorted(sent(scenario["history"], "slow-skip"), key=lambda run: run["started_at"])
+    runs = sorted((run for run in sent(scenario["history"], "slow-skip")
+                   if not lost_with_the_leader(run, scenario["killed_at"])), key=lambda run: run["started_at"])
     assert len(runs) >= 3
     for earlier, later in zip(runs, runs[1:]):
         assert moment(later["started_at"]) >= moment(earlier["finished_at"]), "runs overlapped"

@@ -153,7 +153,7 @@ def test_a_browser_whose_worker_died_is_reaped_and_a_live_ones_is_not():
     owned = headless_chromium(f"--evidence-browser={os.getpid()}-test")
     try:
         time.sleep(1.5)
-        assert reap_orphaned_browsers() >= 1
+        reap_orphaned_browsers()  # another test process's worker start may reap it first: either kills it
         assert orphan.wait(10) == -signal.SIGKILL
         assert owned.poll() is None, "a browser whose worker is alive is left alone"
     finally:
