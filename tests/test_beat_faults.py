@@ -71,9 +71,7 @@ class Scenario:
     def __init__(self, project: Project):
         self.project = project
         self.second_beat: subprocess.Popen | None = None
-        root = project.root
-        url = project.env.get("CELERY_BROKER_URL") or f"redis+socket://{root}/var/run/valkey.sock"
-        self.url = url
+        self.url = project.env.get("CELERY_BROKER_URL") or f"redis+socket://{project.root}/var/run/valkey.sock"
 
     def redis(self) -> redis.Redis:
         return redis_client(self.url, socket_timeout=2)

@@ -34,9 +34,8 @@ elseif not holder then
   redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
   leading = 1
 end
-redis.call('HSET', KEYS[2], 'id', ARGV[1], 'host', ARGV[3], 'pid', ARGV[4], 'started_ms', ARGV[5],
-           'beat_ms', now_ms, 'leading', leading)
-redis.call('PEXPIRE', KEYS[2], ARGV[6])
+redis.call('HSET', KEYS[2], 'id', ARGV[1], 'host', ARGV[3], 'pid', ARGV[4], 'beat_ms', now_ms, 'leading', leading)
+redis.call('PEXPIRE', KEYS[2], ARGV[5])
 return leading
 """
 
@@ -69,7 +68,6 @@ class Leadership:
         self.tick_interval, ttl = lease_timing(timeout, max_interval)
         self.ttl_ms = int(ttl * 1000)
         self.keep_ms = int(timeout * HEARTBEAT_KEEP_FACTOR * 1000)
-        self.started_ms = int(time.time() * 1000)
         self.leading = False
         self.renewed_at = 0.0  # time.monotonic() of the last renewal that found this beat leading
         self._tick = client.register_script(TICK_SCRIPT)
@@ -87,7 +85,7 @@ class Leadership:
         """
         try:
             leading = bool(self._tick(keys=[LEASE_KEY, self.heartbeat_key], args=[
-                self.identity, self.ttl_ms, socket.gethostname(), os.getpid(), self.started_ms, self.keep_ms]))
+                self.identity, self.ttl_ms, socket.gethostname(), os.getpid(), self.keep_ms]))
         except redis.RedisError as error:
             if not self._unreachable:
                 log.error("leader lease unreachable (%s): not sending until Redis answers", error)
@@ -124,7 +122,6 @@ class BeatHeartbeat:
     pid: int
     leading: bool
     age_seconds: float  # since its last tick, on the Redis server's clock
-    up_seconds: float
 
     def alive(self, timeout: float) -> bool:
         return self.age_seconds <= timeout
@@ -141,7 +138,7 @@ def beat_heartbeats(client: redis.Redis) -> list[BeatHeartbeat]:
             continue
         beats.append(BeatHeartbeat(
             identity=fields["id"], host=fields["host"], pid=int(fields["pid"]), leading=fields["leading"] == "1",
-            age_seconds=(now_ms - int(fields["beat_ms"])) / 1000, up_seconds=(now_ms - int(fields["started_ms"])) / 1000))
+            age_seconds=(now_ms - int(fields["beat_ms"])) / 1000))
     return sorted(beats, key=lambda beat: (not beat.leading, beat.age_seconds))
 
 
