@@ -93,6 +93,32 @@ def django_db(embedded_broker):
     migrate_all()
 
 
+@pytest.fixture
+def beat_broker(settings, embedded_broker):
+    """The in-process app's broker with no leader lease in it, nor afterwards; the test queue emptied after."""
+    from app.core.broker import redis_client
+    from app.scheduling.leader import LEASE_KEY
+
+    client = redis_client(settings.broker_url)
+    client.delete(LEASE_KEY)
+    yield client
+    client.delete("low_priority", LEASE_KEY)
+
+
+@pytest.fixture
+def clean_history(django_db):
+    """No periodic task and no run history in the in-process database."""
+    from django_celery_beat.models import PeriodicTask
+    from sqlalchemy import delete
+
+    from app.core.database import session_scope
+    from app.models import JobRun
+
+    PeriodicTask.objects.all().delete()
+    with session_scope() as session:
+        session.execute(delete(JobRun))
+
+
 @pytest.fixture(scope="session")
 def redis_url():
     """A Redis database number of the tests' own on the machine's Redis; skips when none answers."""

@@ -1,24 +1,16 @@
 """The scheduler in this process on the embedded broker and SQLite: missed runs after downtime,
-jitter, and the lease checked before every send.
+jitter, and the lease checked before every send."""
 
-The session's in-process worker may be consuming the queue, so a sent run may already be running
-or done, and a delayed message may be waiting in the worker (the broker's `unacked` hash).
-"""
-
-import json
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
 from celery.schedules import crontab
 from django_celery_beat.models import PeriodicTask
-from sqlalchemy import delete, select
 
-from app.core.broker import redis_client
-from app.core.database import session_scope
-from app.models import JobRun
 from app.scheduling.leader import LEASE_KEY
 from app.scheduling.scheduler import ScheduleTableScheduler
+from tests.support.inprocess_beat import history, published, tick_until_idle
 
 SHANGHAI = ZoneInfo("Asia/Shanghai")
 QUEUE = "low_priority"
@@ -29,21 +21,6 @@ SENT = {"sent", "running", "success"}
 def entry(minute, **policy):
     return {"task": TASK, "schedule": crontab(minute=minute), "options": {"queue": QUEUE, "expire_seconds": 3600},
             "policy": policy}
-
-
-@pytest.fixture
-def broker(settings, embedded_broker):
-    client = redis_client(settings.broker_url)
-    client.delete(LEASE_KEY)
-    yield client
-    client.delete(QUEUE, LEASE_KEY)
-
-
-@pytest.fixture
-def clean_history(django_db):
-    PeriodicTask.objects.all().delete()
-    with session_scope() as session:
-        session.execute(delete(JobRun))
 
 
 def half_an_hour_ago_minute() -> int:
@@ -57,30 +34,7 @@ def scheduler_after_downtime(celery_app, table: dict, down_for=timedelta(hours=3
     return scheduler
 
 
-def tick_until_idle(scheduler, limit=20) -> None:
-    for _ in range(limit):
-        if scheduler.tick() > 0:
-            return
-    raise AssertionError("the scheduler kept sending")
-
-
-def history() -> dict[str, list[JobRun]]:
-    with session_scope() as session:
-        runs = session.scalars(select(JobRun).order_by(JobRun.id)).all()
-    grouped: dict[str, list[JobRun]] = {}
-    for run in runs:
-        grouped.setdefault(run.name, []).append(run)
-    return grouped
-
-
-def published(broker) -> dict[str, dict]:
-    """The headers of the messages in the queue or held by a worker, by task id."""
-    messages = [json.loads(raw) for raw in broker.lrange(QUEUE, 0, -1)]
-    messages += [json.loads(raw)[0] for raw in broker.hvals("unacked")]
-    return {message["headers"]["id"]: message["headers"] for message in messages}
-
-
-def test_after_downtime_run_once_catches_up_once_and_skip_records_the_miss(celery_app, broker, clean_history):
+def test_after_downtime_run_once_catches_up_once_and_skip_records_the_miss(celery_app, beat_broker, clean_history):
     minute = half_an_hour_ago_minute()
     table = {"catch-up": entry(minute, missed="run_once", grace=60),
              "no-catch-up": entry(minute, missed="skip", grace=60)}
@@ -102,7 +56,7 @@ def test_after_downtime_run_once_catches_up_once_and_skip_records_the_miss(celer
     assert sum(map(len, history().values())) == 2, "a restart neither replays nor skips again"
 
 
-def test_a_run_within_grace_is_sent_under_either_policy(celery_app, broker, clean_history):
+def test_a_run_within_grace_is_sent_under_either_policy(celery_app, beat_broker, clean_history):
     minute = half_an_hour_ago_minute()
     table = {"lenient": entry(minute, missed="skip", grace=3600)}
     scheduler = scheduler_after_downtime(celery_app, table)
@@ -112,34 +66,34 @@ def test_a_run_within_grace_is_sent_under_either_policy(celery_app, broker, clea
     assert run.outcome in SENT
 
 
-def test_jitter_delays_the_run_by_at_most_its_bound(celery_app, broker, clean_history):
+def test_jitter_delays_the_run_by_at_most_its_bound(celery_app, beat_broker, clean_history):
     table = {"heavy": entry(half_an_hour_ago_minute(), jitter=600)}
     scheduler = scheduler_after_downtime(celery_app, table)
     tick_until_idle(scheduler)
     scheduler.close()
     [run] = history()["heavy"]
-    eta = datetime.fromisoformat(published(broker)[run.task_id]["eta"])
+    eta = datetime.fromisoformat(published(beat_broker, QUEUE)[run.task_id]["eta"])
     assert run.sent_at - timedelta(seconds=1) <= eta <= run.sent_at + timedelta(seconds=601)
 
 
-def test_only_the_lease_holder_sends_and_it_checks_before_every_send(celery_app, broker, clean_history):
+def test_only_the_lease_holder_sends_and_it_checks_before_every_send(celery_app, beat_broker, clean_history):
     table = {"due-now": entry(half_an_hour_ago_minute(), overlap="allow")}
     leader = scheduler_after_downtime(celery_app, table)
     standby = ScheduleTableScheduler(app=celery_app, table=table)
-    broker.set(LEASE_KEY, "another-host:1:ab", px=60_000)
+    beat_broker.set(LEASE_KEY, "another-host:1:ab", px=60_000)
 
     tick_until_idle(leader)
     tick_until_idle(standby)
     assert history() == {}, "nobody records, so nobody sends, while another beat holds the lease"
 
-    broker.delete(LEASE_KEY)
+    beat_broker.delete(LEASE_KEY)
     assert leader.leadership.renew()
     due = leader.schedule["due-now"]
-    broker.set(LEASE_KEY, "another-host:1:ab", px=60_000)  # lost between the tick's check and the send
+    beat_broker.set(LEASE_KEY, "another-host:1:ab", px=60_000)  # lost between the tick's check and the send
     leader.apply_entry(due, producer=leader.producer)
     assert history() == {}
 
-    broker.delete(LEASE_KEY)
+    beat_broker.delete(LEASE_KEY)
     tick_until_idle(leader)
     assert [run.outcome in SENT for run in history()["due-now"]] == [True]
     tick_until_idle(standby)

@@ -447,13 +447,15 @@ def cmd_list(settings: Settings, args) -> int:
         print("no periodic jobs yet: beat writes beat_schedules.py into the database at start")
         return EXIT_OK
     print(table(
-        ["name", "task", "schedule", "cron/interval", "queue", "enabled", "last run", "outcome", "late", "next run",
-         "source", "drift"],
+        ["name", "task", "schedule", "cron/interval", "queue", "enabled", "policy", "last run", "outcome", "late",
+         "next run", "source", "drift"],
         [[r.name, r.task.removeprefix("app.tasks."), r.schedule, r.expression, r.queue or "-",
-          "yes" if r.enabled else paint("no", "yellow"), r.last_run or "-", _outcome_note(r.last_outcome),
+          "yes" if r.enabled else paint("no", "yellow"), f"{r.policy['overlap']}/{r.policy['missed']}",
+          r.last_run or "-", _outcome_note(r.last_outcome),
           "-" if r.last_lateness_seconds is None else f"{r.last_lateness_seconds:.1f}s",
           r.next_run or "-", r.source, _drift_note(r)] for r in rows]))
-    print("\ntimes are Asia/Shanghai; outcome and late = the last recorded run and how long after its due time "
+    print("\ntimes are Asia/Shanghai; policy = overlap/missed (CELERY_BEAT_CONFIG.md §2.2); "
+          "outcome and late = the last recorded run and how long after its due time "
           "beat sent it; drift = a beat_schedules.py job edited in the admin (the edit stands "
           "until the entry changes in the file); replaced = an admin edit the file's change overwrote")
     return EXIT_OK

@@ -26,7 +26,19 @@ class JobPolicy:
     jitter: float = 0.0
 
 
+# A job in beat_schedules.py that names no policy.
 DEFAULT_POLICY = JobPolicy()
+# A job made in the admin, until a policy is saved for it: every due run is sent, as stock
+# django-celery-beat does.
+STOCK_POLICY = JobPolicy(overlap="allow")
+
+
+def stored_policies() -> dict[str, JobPolicy]:
+    """The policy saved for each job (the sync writes those of beat_schedules.py), by job name."""
+    from app.scheduling.models import SchedulePolicy
+
+    rows = SchedulePolicy.objects.values_list("task__name", "overlap", "missed", "grace", "jitter")
+    return {name: JobPolicy(overlap, missed, grace, jitter) for name, overlap, missed, grace, jitter in rows}
 
 
 def policy_of(entry: dict) -> JobPolicy:

@@ -1,6 +1,6 @@
 """Every periodic job as operators see it: schedule in words, last and next run and how the last one went, source, drift."""
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
@@ -9,6 +9,7 @@ from django_celery_beat.models import CrontabSchedule, PeriodicTask
 
 from app.core.config import TIMEZONE
 from app.core.database import SessionFactory
+from app.scheduling.job_policy import DEFAULT_POLICY, STOCK_POLICY, policy_of, stored_policies
 from app.scheduling.models import CodeDefinedJob
 from app.scheduling.sync import desired_state, drift
 from app.services.job_runs import last_runs
@@ -31,6 +32,7 @@ class JobRow:
     replaced_admin_edit: list[str]  # fields of an admin edit that a change in the file overwrote
     last_outcome: str | None = None  # of the latest recorded run: success, failure, skipped_overlap ...
     last_lateness_seconds: float | None = None  # how long after its due time beat sent it
+    policy: dict = field(default_factory=lambda: asdict(STOCK_POLICY))  # overlap, missed, grace, jitter
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -63,16 +65,19 @@ def _shanghai(moment: datetime | None) -> str | None:
 
 
 def next_run(task: PeriodicTask, now: datetime) -> datetime | None:
-    """When beat will next send this job (now, if it is overdue); None when disabled."""
+    """When beat will next send this job (now, if it is overdue), whatever its schedule type; None
+    when disabled."""
     if not task.enabled:
         return None
     last = task.last_run_at or task.date_changed or now
-    if task.crontab:
-        start, ends_in, _ = task.schedule.remaining_delta(last.astimezone(task.crontab.timezone))
-        upcoming = start + ends_in
-    else:
-        upcoming = last + task.schedule.run_every
-    return max(upcoming, now)
+    return max(now + task.schedule.remaining_estimate(last), now)
+
+
+def _file_policy(entry: dict):
+    try:
+        return policy_of(entry)
+    except ValueError:  # a bad policy is reported by `check`; beat refuses to start with it
+        return DEFAULT_POLICY
 
 
 NOT_SYNCED = "not in the database yet: beat writes it at its next start"
@@ -88,7 +93,8 @@ def _unsynced_row(name: str, entry: dict) -> JobRow:
         words = expression = f"every {int(spec['interval'])} seconds"
     return JobRow(name=name, task=entry["task"], schedule=words, expression=expression,
                   queue=entry["options"]["queue"], enabled=True, last_run=None, next_run=None,
-                  source="beat_schedules.py", drift=[NOT_SYNCED], replaced_admin_edit=[])
+                  source="beat_schedules.py", drift=[NOT_SYNCED], replaced_admin_edit=[],
+                  policy=asdict(_file_policy(entry)))
 
 
 def job_rows(table: dict[str, dict], now: datetime | None = None) -> list[JobRow]:
@@ -96,6 +102,7 @@ def job_rows(table: dict[str, dict], now: datetime | None = None) -> list[JobRow
     now = now or timezone.now()
     code_defined = dict(CodeDefinedJob.objects.values_list("name", "replaced_fields"))
     runs = last_runs(SessionFactory)
+    policies = stored_policies()
     rows = []
     for task in PeriodicTask.objects.select_related("crontab", "interval", "solar", "clocked").order_by("name"):
         from_file = task.name in code_defined
@@ -113,6 +120,8 @@ def job_rows(table: dict[str, dict], now: datetime | None = None) -> list[JobRow
             replaced_admin_edit=code_defined.get(task.name) or [],
             last_outcome=runs[task.name].outcome if task.name in runs else None,
             last_lateness_seconds=runs[task.name].lateness_seconds if task.name in runs else None,
+            policy=asdict(policies.get(task.name) or (_file_policy(table[task.name]) if from_file and task.name in table
+                                                      else STOCK_POLICY)),
         ))
     stored = {row.name for row in rows}
     rows += [_unsynced_row(name, entry) for name, entry in table.items() if name not in stored]

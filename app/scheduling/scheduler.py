@@ -1,18 +1,28 @@
 """The beat scheduler: django-celery-beat's DatabaseScheduler, synced from the schedule table at
 start, sending only while it holds the leader lease, following each job's policy, and recording
-every due run."""
+every due run.
+
+One sender, by construction: a run is recorded in the transaction that moves its job's last run
+forward by compare-and-set (so of two beats that read the same row only one records it), and its
+message is pushed by a script that checks the lease in the same Redis (so a beat that lost the
+lease cannot publish, however long it stalled). Timeouts shorter than the lease bound the
+database work in between.
+"""
 
 import logging
 import random
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from functools import cached_property
 from zoneinfo import ZoneInfo
 
 from celery.beat import SchedulingError
 from celery.utils import uuid
-from django.db import connection
+from celery.utils.time import maybe_make_aware
+from django.db import DatabaseError, InterfaceError, connection
 from django_celery_beat.schedulers import DatabaseScheduler, ModelEntry
+from django_celery_beat.schedulers import logger as stock_logger
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
@@ -22,51 +32,88 @@ from app.core.config import TIMEZONE, get_settings
 from app.core.database import SessionFactory
 from app.core.migrations import migrate_all
 from app.models.base import utcnow
-from app.scheduling.job_policy import DEFAULT_POLICY, JobPolicy, policy_of
-from app.scheduling.leader import Leadership
-from app.scheduling.slots import latest_slot
+from app.scheduling.fenced_transport import NotLeading, fence
+from app.scheduling.job_policy import STOCK_POLICY, JobPolicy, policy_of, stored_policies
+from app.scheduling.leader import LEASE_KEY, Leadership
+from app.scheduling.outages import OutageLog
+from app.scheduling.slots import latest_slot, period_after
 from app.scheduling.sync import sync_schedule_table
 from app.scheduling.table import ScheduleTableError, checked_schedule_table
-from app.services.job_runs import SENT, SKIPPED_MISSED, mark_sent, mark_unsent, record_due_run
+from app.services.alerts import clear_incident, raise_incident
+from app.services.job_runs import (SENDING, SKIPPED_MISSED, BusyWindow, mark_published, mark_unpublished,
+                                   record_due_run)
 
 log = logging.getLogger(__name__)
 
 SHANGHAI = ZoneInfo(TIMEZONE)
 # How soon a run that could not be recorded or published is tried again.
 RETRY_INTERVAL = 1.0
+# A wall clock that falls this far behind the monotonic clock between two ticks went back.
+CLOCK_JUMP_TOLERANCE = 10.0
+CLOCK_INCIDENT = "beat:clock"
+# A run not started yet blocks the next one (overlap: skip) for this many of its periods at most.
+QUEUED_PERIODS = 1.5
+# How long a started run of a task without any time limit blocks the next one.
+UNLIMITED_RUN = 24 * 3600
 
 
 class RunRecordingEntry(ModelEntry):
-    """A ModelEntry whose last run is written with one UPDATE (stock `save()` fetches the row and
-    saves all of it, touching `date_changed`), and can be written inside the run's history record."""
+    """A ModelEntry whose last run is written only with its run's record, by compare-and-set.
 
-    def save(self):
-        type(self.model)._default_manager.filter(pk=self.model.pk).update(
-            last_run_at=self.model.last_run_at, total_run_count=self.model.total_run_count)
+    `stored_last_run_at` is the row as read: the record moves it forward only if the row still
+    holds it, so a stale entry (another beat sent the run, the admin edited or disabled the job)
+    records nothing. A last run ahead of the clock (the clock went back) is due again from now.
+    """
 
-    def write_last_run(self, session: Session) -> None:
-        """The same UPDATE through `session`: one transaction records a due run and advances the job.
+    def __init__(self, model, app=None):
+        self.stored_last_run_at = model.last_run_at
+        super().__init__(model, app=app)
+        now = maybe_make_aware(self._default_now())
+        if maybe_make_aware(self.last_run_at) > now + timedelta(seconds=CLOCK_JUMP_TOLERANCE):
+            log.warning("%s last ran at %s, ahead of this host's clock: due again from now",
+                        self.name, f"{maybe_make_aware(self.last_run_at).astimezone(SHANGHAI):%Y-%m-%d %H:%M:%S}")
+            self.last_run_at = now
 
-        A beat taking over reads this last run; without it, it could send an interval job's run
-        again under a due time computed from an older one.
-        """
+    def advance(self, session: Session, last_run_at: datetime, run_count: int, lock_timeout_ms: int) -> bool:
+        """Move the job's last run to `last_run_at` through `session`, only if its row is still as read."""
         table = self.model._meta.db_table
-        session.execute(
-            text(f"UPDATE {table} SET last_run_at = :last_run_at, total_run_count = :count WHERE id = :id"),
-            {"last_run_at": connection.ops.adapt_datetimefield_value(self.model.last_run_at),
-             "count": self.model.total_run_count, "id": self.model.pk})
+        adapt = connection.ops.adapt_datetimefield_value
+        _bound_waits(session, lock_timeout_ms)
+        unchanged = "last_run_at IS NULL" if self.stored_last_run_at is None else "last_run_at = :expected"
+        result = session.execute(
+            text(f"UPDATE {table} SET last_run_at = :last_run_at, total_run_count = :count "
+                 f"WHERE id = :id AND enabled AND {unchanged}"),
+            {"last_run_at": adapt(last_run_at), "count": run_count, "id": self.model.pk,
+             "expected": adapt(self.stored_last_run_at)})
+        return result.rowcount == 1
+
+
+def _bound_waits(session: Session, timeout_ms: int) -> None:
+    """No lock wait, statement or stall inside this transaction outlasts the lease."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text("SELECT set_config('lock_timeout', :ms, true), set_config('statement_timeout', :ms, true),"
+                             " set_config('idle_in_transaction_session_timeout', :ms, true)"), {"ms": str(timeout_ms)})
+    else:
+        session.execute(text(f"PRAGMA busy_timeout = {int(timeout_ms)}"))
+
+
+def _caused_by(error: BaseException, kind: type) -> bool:
+    while error is not None:
+        if isinstance(error, kind):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
 
 
 @dataclass
 class DueRun:
     """One due run of one job, kept until it is recorded and published."""
 
-    entry: ModelEntry
+    entry: RunRecordingEntry  # as it was before the run: what the compare-and-set expects
     due_at: datetime
     policy: JobPolicy
     task_id: str = field(default_factory=uuid)
     recorded: bool = False
-    publish_failed: bool = False  # its row says `sending` until a retry publishes it
 
     def describe(self) -> str:
         return f"{self.entry.name} due {self.due_at.astimezone(SHANGHAI):%Y-%m-%d %H:%M:%S}"
@@ -80,9 +127,9 @@ class ScheduleTableScheduler(DatabaseScheduler):
     Celery's default `celery.backend_cleanup` entry is not installed: `cleanup-expired-results`
     runs the backend's cleanup already.
 
-    Any number of these may run; only the holder of the leader lease sends, and it checks the
-    lease again before every send. Each due run is recorded in `job_runs` under (job, due time)
-    before it is published, so no two beats ever send the same run.
+    Any number of these may run; only the holder of the leader lease sends. Every schedule type
+    the admin offers (interval, crontab, solar, clocked) is sent as stock sends it, and whatever
+    goes wrong with one entry is logged with its name and skips that entry only.
     """
 
     Entry = RunRecordingEntry
@@ -90,13 +137,21 @@ class ScheduleTableScheduler(DatabaseScheduler):
     def __init__(self, *args, table: dict[str, dict] | None = None, **kwargs):
         """`table` replaces beat_schedules.py's BEAT_SCHEDULE (for tests and benchmarks)."""
         self.table = table
-        self.policies: dict[str, JobPolicy] = {}
+        self.policies: dict[str, JobPolicy] = {}  # of beat_schedules.py's jobs, as the file gives them
+        self.saved_policies: dict[str, JobPolicy] = {}
+        self._reserved: dict[str, DueRun] = {}
         self._pending: list[DueRun] = []
+        self._published: list[tuple[str, datetime, datetime]] = []
+        self.outages = OutageLog(log)
+        self._clock_reading: tuple[float, float] | None = None
+        self._clock_incident_until: float | None = None
+        stock_logger.addFilter(self.outages)
         super().__init__(*args, **kwargs)
         settings = get_settings()
         client = redis_client(settings.broker_url, socket_timeout=5, socket_connect_timeout=5)
         self.leadership = Leadership(client, settings.beat_leader_timeout, self.max_interval)
         self.max_interval = self.leadership.tick_interval
+        self.lock_timeout_ms = max(500, self.leadership.ttl_ms // 3)
 
     def setup_schedule(self):
         try:
@@ -108,7 +163,13 @@ class ScheduleTableScheduler(DatabaseScheduler):
         sync_schedule_table(table)
         self.policies = {name: policy_of(entry) for name, entry in table.items()}
 
+    @cached_property
+    def connection(self):
+        """Beat's publishing connection: its pushes are fenced by the leader lease."""
+        return fence(self.app.connection_for_write(), LEASE_KEY, self.leadership.identity)
+
     def tick(self, *args, **kwargs):
+        self._watch_clock()
         was_leading = self.leadership.leading
         if not self._renewed_recently() and not self.leadership.renew():
             return self.max_interval
@@ -116,11 +177,13 @@ class ScheduleTableScheduler(DatabaseScheduler):
             self._reload_schedule()
         self._pending = [run for run in self._pending if not self._dispatch(run, self.producer)]
         interval = super().tick(*args, **kwargs)
+        if interval:
+            self._note_published()
         return min(interval, RETRY_INTERVAL) if self._pending else interval
 
     def _renewed_recently(self) -> bool:
         """A leader ticking in quick succession renews at most twice per tick interval; the lease
-        outlives that many times over, and every send renews it anyway."""
+        outlives that many times over, and every send checks it anyway."""
         leadership = self.leadership
         return leadership.leading and time.monotonic() - leadership.renewed_at < leadership.tick_interval / 2
 
@@ -130,34 +193,156 @@ class ScheduleTableScheduler(DatabaseScheduler):
         self._initial_read = False
         self._last_full_sync = datetime.now()
         self._heap = None
+        self._reserved.clear()
+
+    def all_as_schedule(self):
+        """Every enabled entry, read afresh; one that cannot be scheduled is named and left out."""
+        failures = self.outages.failures("database")
+        try:
+            models = self.enabled_models()
+            self.saved_policies = stored_policies()
+        except (DatabaseError, InterfaceError) as error:
+            self.outages.failed("database", error)
+            self._initial_read = self._schedule is None  # nothing read yet: read at the next tick
+            return self._schedule or {}
+        if failures:
+            self.outages.recovered("database")
+        schedule = {}
+        for model in models:
+            try:
+                schedule[model.name] = self.Entry(model, app=self.app)
+            except Exception as error:  # noqa: BLE001 - one bad row must never stop the others
+                log.error("%s cannot be scheduled (%s: %s); left out until it is fixed",
+                          model.name, type(error).__name__, error)
+        return schedule
+
+    def schedule_changed(self):
+        failures = self.outages.failures("database")
+        changed = super().schedule_changed()
+        if failures and self.outages.failures("database") == failures:
+            self.outages.recovered("database")
+        return changed
+
+    def policy_of(self, name: str) -> JobPolicy:
+        """The saved policy; a job nobody saved one for follows its file entry, or stock's ways."""
+        return self.saved_policies.get(name) or self.policies.get(name) or STOCK_POLICY
+
+    def reserve(self, entry):
+        """The entry as its due run will leave it, last run at the run's slot. Unlike stock, nothing
+        is marked for `sync()` to save later, unconditionally: the run's record writes it, or nobody
+        does (a job disabled meanwhile keeps its cleared last run)."""
+        try:
+            run = DueRun(entry, latest_slot(entry.schedule, entry.last_run_at, self.app.now()), self.policy_of(entry.name))
+        except Exception:  # noqa: BLE001 - one entry's schedule must never stop the others
+            log.exception("%s: cannot tell when it fell due; not sent, checked again later", entry.name)
+            return entry
+        self._reserved[entry.name] = run
+        entry.model.last_run_at, entry.model.total_run_count = run.due_at, entry.total_run_count + 1
+        return self.Entry(entry.model, app=self.app)
 
     def apply_entry(self, entry, producer=None):
-        if not self.leadership.renew():
-            log.warning("%s not sent: this beat no longer holds the leader lease", entry.name)
+        run = self._reserved.pop(entry.name, None)
+        if run is None:
             return
-        run = DueRun(entry, latest_slot(entry.schedule, entry.last_run_at, self.app.now()),
-                     self.policies.get(entry.name, DEFAULT_POLICY))
-        if not self._dispatch(run, producer):
-            self._pending.append(run)
+        if not self.leadership.renew():
+            log.warning("%s not sent: this beat no longer holds the leader lease", run.describe())
+            return
+        waiting = next((old for old in self._pending if old.entry.name == entry.name and not old.recorded), None)
+        if waiting is not None:  # still unrecorded after an outage: one run, at the latest slot
+            waiting.due_at = run.due_at
+            return
+        try:
+            if not self._dispatch(run, producer):
+                self._pending.append(run)
+        except Exception:  # noqa: BLE001 - one entry's failure must never stop the others
+            log.exception("%s not sent", run.describe())
 
     def _dispatch(self, run: DueRun, producer) -> bool:
         """Record and publish (or skip) one due run; False when it has to be tried again."""
-        try:
-            if not run.recorded and not self._record(run, self.app.now()):
+        if not run.recorded:
+            try:
+                outcome = self._record(run, self.app.now())
+            except SQLAlchemyError as error:
+                self.outages.failed("database", error)
+                return False
+            self.outages.recovered("database")
+            if outcome is None:
+                log.info("%s not sent: the job changed since this beat read it (another beat sent it, or "
+                         "it was edited); reading the schedule again", run.describe())
+                self._reload_schedule()
                 return True
-        except SQLAlchemyError as error:
-            log.error("%s not recorded yet (%s); trying again", run.describe(), error)
-            return False
+            if outcome != SENDING:
+                log.info("%s skipped: %s", run.describe(), outcome)
+                return True
+            run.recorded = True
+        return self._publish(run, producer)
+
+    def _record(self, run: DueRun, now: datetime) -> str | None:
+        """Write the run's history row and advance its job; its outcome, or None when the job moved on."""
+        policy = run.policy
+        missed = policy.missed == "skip" and (now - run.due_at).total_seconds() > policy.grace
+        busy = self._busy_window(run, now) if policy.overlap == "skip" and not missed else None
+
+        def advance(session: Session) -> bool:
+            return run.entry.advance(session, run.due_at, run.entry.total_run_count + 1, self.lock_timeout_ms)
+
+        return record_due_run(SessionFactory, run.entry.name, run.due_at, now, advance=advance,
+                              outcome=SKIPPED_MISSED if missed else SENDING,
+                              task_id=None if missed else run.task_id, unless_busy=busy)
+
+    def _busy_window(self, run: DueRun, now: datetime) -> BusyWindow:
+        """A started run counts until its time limit; one not started, until it expires, at most
+        QUEUED_PERIODS periods: a lost message costs one run of the job, not more."""
+        task = self.app.tasks.get(run.entry.task)
+        limit = getattr(task, "time_limit", None) or self.app.conf.task_time_limit or UNLIMITED_RUN
+        expires = run.entry.options.get("expires")
+        period = period_after(run.entry.schedule, run.due_at)
+        bounds = [seconds for seconds in (expires if isinstance(expires, (int, float)) else None,
+                                          period.total_seconds() if period else None) if seconds]
+        queued = QUEUED_PERIODS * min(bounds) if bounds else limit
+        return BusyWindow(started_since=now - timedelta(seconds=limit),
+                          queued_since=now - timedelta(seconds=queued + run.policy.jitter))
+
+    def _publish(self, run: DueRun, producer) -> bool:
+        """Send the recorded run; False when the broker failed and it has to be tried again."""
+        entry, options = run.entry, run.entry.options
+        entry.options = {**options, "task_id": run.task_id}
+        if run.policy.jitter:
+            entry.options["countdown"] = random.uniform(0, run.policy.jitter)
         try:
-            self._publish(run, producer)
+            self.apply_async(entry, producer=producer, advance=False)
         except SchedulingError as error:
-            log.error("%s not sent yet (%s); trying again", run.describe(), error)
-            self._note(mark_unsent, run.task_id)
-            run.publish_failed = True
+            if _caused_by(error, NotLeading):
+                log.warning("%s not sent: another beat took the leader lease after it was recorded; "
+                            "marked lost", run.describe())
+                self._note(mark_unpublished, run.task_id, "not published: the beat that recorded it lost the lease")
+                return True
+            self.outages.failed("broker", error.__context__ or error)
             return False
-        if run.publish_failed:
-            self._note(mark_sent, run.task_id, run.due_at, utcnow())
+        finally:
+            entry.options = options
+        self.outages.recovered("broker")
+        sent_at = utcnow()
+        log.info("Scheduler: Sending due task %s (%s), due %s, %.1f s late", entry.name, entry.task,
+                 f"{run.due_at.astimezone(SHANGHAI):%H:%M:%S}", (sent_at - run.due_at).total_seconds())
+        self._published.append((run.task_id, run.due_at, sent_at))
+        if entry.model.one_off:
+            self._disable_one_off(entry)
         return True
+
+    def _disable_one_off(self, entry) -> None:
+        """A one-off is disabled once sent, as stock does at its next check."""
+        model = entry.model
+        model.enabled, model.total_run_count, model.no_changes = False, 0, False
+        try:
+            model.save()
+        except DatabaseError as error:
+            log.warning("%s: one-off not disabled yet (%s); the next check disables it", entry.name, error)
+
+    def _note_published(self) -> None:
+        """Write the publish times of the runs sent since the last idle tick, in one transaction."""
+        published, self._published = self._published, []
+        self._note(mark_published, published)
 
     def _note(self, record, *args) -> None:
         """Bookkeeping of the history after a publish: a database error must not send a run twice."""
@@ -166,44 +351,27 @@ class ScheduleTableScheduler(DatabaseScheduler):
         except SQLAlchemyError as error:
             log.warning("run history not updated: %s", error)
 
-    def _record(self, run: DueRun, now: datetime) -> bool:
-        """Write the run's history row; False when it is skipped or another beat recorded it."""
-        policy = run.policy
-        missed = policy.missed == "skip" and (now - run.due_at).total_seconds() > policy.grace
-        busy_since = now - self._run_horizon(run) if policy.overlap == "skip" and not missed else None
-        outcome = record_due_run(SessionFactory, run.entry.name, run.due_at, now,
-                                 outcome=SKIPPED_MISSED if missed else SENT, task_id=None if missed else run.task_id,
-                                 unless_running_since=busy_since, alongside=run.entry.write_last_run)
-        if outcome is None:
-            log.info("%s already sent by another beat", run.describe())
-            return False
-        if outcome != SENT:
-            log.info("%s skipped: %s", run.describe(), outcome)
-            return False
-        run.recorded = True
-        return True
-
-    def _run_horizon(self, run: DueRun) -> timedelta:
-        """How long an unfinished run may still be queued or running before it no longer counts."""
-        task = self.app.tasks.get(run.entry.task)
-        limit = getattr(task, "time_limit", None) or self.app.conf.task_time_limit or 0
-        expires = run.entry.options.get("expires")
-        queued = expires if isinstance(expires, (int, float)) else 0
-        return timedelta(seconds=limit + queued + run.policy.jitter)
-
-    def _publish(self, run: DueRun, producer) -> None:
-        entry, options = run.entry, run.entry.options
-        entry.options = {**options, "task_id": run.task_id}
-        if run.policy.jitter:
-            entry.options["countdown"] = random.uniform(0, run.policy.jitter)
-        late = (self.app.now() - run.due_at).total_seconds()
-        log.info("Scheduler: Sending due task %s (%s), due %s, %.1f s late", entry.name, entry.task,
-                 f"{run.due_at.astimezone(SHANGHAI):%H:%M:%S}", late)
-        try:
-            self.apply_async(entry, producer=producer, advance=False)
-        finally:
-            entry.options = options
+    def _watch_clock(self) -> None:
+        """Notice the host's wall clock going back: alert, and let every job fall due from now."""
+        reading = time.time(), time.monotonic()
+        previous, self._clock_reading = self._clock_reading, reading
+        if self._clock_incident_until is not None and reading[1] >= self._clock_incident_until:
+            self._clock_incident_until = None
+            clear_incident(SessionFactory, CLOCK_INCIDENT, webhook_url=get_settings().alert_webhook_url)
+        if previous is None:
+            return
+        went_back = (reading[1] - previous[1]) - (reading[0] - previous[0])
+        if went_back <= CLOCK_JUMP_TOLERANCE:
+            return
+        summary = (f"the clock of beat's host went back by {went_back:.0f} s: jobs fall due again from the "
+                   "new time (runs of the repeated interval are sent again); check the host's time sync")
+        log.critical(summary)
+        raise_incident(SessionFactory, CLOCK_INCIDENT, "critical", summary, webhook_url=get_settings().alert_webhook_url)
+        self._clock_incident_until = reading[1] + went_back
+        self._reload_schedule()
 
     def close(self):
+        self._note_published()
         self.leadership.release()
+        stock_logger.removeFilter(self.outages)
         super().close()

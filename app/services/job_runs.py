@@ -5,8 +5,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import and_, case, func, or_, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import and_, bindparam, case, func, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.core.database import session_scope
@@ -15,8 +14,9 @@ from app.models.base import utcnow
 
 SUMMARY_CHARS = 2000
 SENT = "sent"
-# A run beat has recorded but could not publish yet; it retries.
+# A run beat has recorded and not published yet (it publishes right after, or retries).
 SENDING = "sending"
+LOST = "lost"
 SKIPPED_OVERLAP = "skipped_overlap"
 SKIPPED_MISSED = "skipped_missed"
 UNFINISHED = (SENDING, SENT, "running")
@@ -28,52 +28,73 @@ class LastRun:
     lateness_seconds: float | None
 
 
-def record_due_run(factory: sessionmaker, name: str, due_at: datetime, now: datetime, outcome: str = SENT,
-                   task_id: str | None = None, unless_running_since: datetime | None = None,
-                   alongside: Callable[[Session], object] | None = None) -> str | None:
-    """Record what beat does with one due run, in one transaction; the outcome recorded, or None
-    when that run is recorded already.
+class _JobMoved(Exception):
+    """The job's row is no longer what beat read: nothing of this run may be written."""
 
-    (name, due_at) is unique: a second beat, or a beat that lost its lease while paused, can
-    never record, and so never send, a run that another one has. With `unless_running_since`, a
-    run of the job recorded since then and not finished turns this one into `skipped_overlap`.
-    `alongside` writes more in the same transaction.
+
+@dataclass(frozen=True)
+class BusyWindow:
+    """Which unfinished runs of a job still block its next one under `overlap: skip`.
+
+    A started run blocks while it may still be running (started since `started_since`: its time
+    limit); a run not started yet blocks while it may still start (sent since `queued_since`).
+    """
+
+    started_since: datetime
+    queued_since: datetime
+
+
+def record_due_run(factory: sessionmaker, name: str, due_at: datetime, now: datetime, *,
+                   advance: Callable[[Session], bool], outcome: str = SENDING, task_id: str | None = None,
+                   unless_busy: BusyWindow | None = None) -> str | None:
+    """Record what beat does with one due run and advance its job, in one transaction; the outcome
+    recorded, or None when `advance` finds the job moved on (another beat, or the admin, changed it).
+
+    `advance` is the job's compare-and-set: it runs first, so it also takes the job's row lock,
+    and only the beat whose expectation still holds records the run. With `unless_busy`, an
+    unfinished run of the job inside that window turns this one into `skipped_overlap`.
     """
     try:
         with session_scope(factory) as session:
-            if unless_running_since is not None and _in_progress(session, name, unless_running_since):
+            if not advance(session):
+                raise _JobMoved
+            if unless_busy is not None and _in_progress(session, name, unless_busy):
                 outcome, task_id = SKIPPED_OVERLAP, None
-            sent = outcome == SENT
-            session.add(JobRun(name=name, task_id=task_id, due_at=due_at, started_at=None,
-                               sent_at=now if sent else None, lateness_seconds=(now - due_at).total_seconds(),
-                               outcome=outcome, finished_at=None if sent else now))
-            session.flush()
-            if alongside is not None:
-                alongside(session)
-    except IntegrityError:
+            skipped = outcome != SENDING
+            session.add(JobRun(name=name, task_id=task_id, due_at=due_at, started_at=None, sent_at=None,
+                               lateness_seconds=(now - due_at).total_seconds(), outcome=outcome,
+                               finished_at=now if skipped else None))
+    except _JobMoved:
         return None
     return outcome
 
 
-def _in_progress(session, name: str, since: datetime) -> bool:
+def _in_progress(session, name: str, busy: BusyWindow) -> bool:
+    started = and_(JobRun.started_at.is_not(None), JobRun.started_at >= busy.started_since)
+    queued = and_(JobRun.started_at.is_(None), func.coalesce(JobRun.sent_at, JobRun.due_at) >= busy.queued_since)
     return session.scalar(select(JobRun.id).where(
         JobRun.name == name, JobRun.outcome.in_(UNFINISHED), JobRun.finished_at.is_(None),
-        func.coalesce(JobRun.started_at, JobRun.sent_at, JobRun.due_at) >= since).limit(1)) is not None
+        or_(started, queued)).limit(1)) is not None
 
 
-def mark_unsent(factory: sessionmaker, task_id: str) -> None:
-    """The publish of a recorded run failed; it stays `sending` until a retry publishes it."""
+def mark_published(factory: sessionmaker, published: list[tuple[str, datetime, datetime]]) -> None:
+    """Record when each (task id, due, publish time) went out; a worker that already started one keeps its outcome."""
+    if not published:
+        return
+    statement = update(JobRun).where(JobRun.task_id == bindparam("published_id")).values(
+        sent_at=bindparam("published_at"), lateness_seconds=bindparam("lateness"),
+        outcome=case((JobRun.outcome == SENDING, SENT), else_=JobRun.outcome))
     with session_scope(factory) as session:
-        session.execute(update(JobRun).where(JobRun.task_id == task_id, JobRun.outcome == SENT)
-                        .values(outcome=SENDING, sent_at=None))
+        session.connection().execute(statement, [
+            {"published_id": task_id, "published_at": sent_at, "lateness": (sent_at - due_at).total_seconds()}
+            for task_id, due_at, sent_at in published])
 
 
-def mark_sent(factory: sessionmaker, task_id: str, due_at: datetime, sent_at: datetime) -> None:
-    """Record the publish; a worker that already started the run keeps its own outcome."""
+def mark_unpublished(factory: sessionmaker, task_id: str, reason: str) -> None:
+    """A recorded run that was never published: it is lost, and says why."""
     with session_scope(factory) as session:
-        session.execute(update(JobRun).where(JobRun.task_id == task_id).values(
-            sent_at=sent_at, lateness_seconds=(sent_at - due_at).total_seconds(),
-            outcome=case((JobRun.outcome == SENDING, "sent"), else_=JobRun.outcome)))
+        session.execute(update(JobRun).where(JobRun.task_id == task_id, JobRun.outcome == SENDING)
+                        .values(outcome=LOST, finished_at=utcnow(), summary=reason[:SUMMARY_CHARS]))
 
 
 def last_runs(factory: sessionmaker) -> dict[str, LastRun]:
@@ -119,5 +140,5 @@ def mark_lost_runs(factory: sessionmaker, started_before: datetime,
     with session_scope(factory) as session:
         return list(session.scalars(update(JobRun)
                                     .where(JobRun.outcome.in_(UNFINISHED), JobRun.finished_at.is_(None), stuck)
-                                    .values(outcome="lost", finished_at=utcnow())
+                                    .values(outcome=LOST, finished_at=utcnow())
                                     .returning(JobRun.name)))
