@@ -1,14 +1,19 @@
 """The schedule table synced into django-celery-beat's tables, on a real (SQLite) database."""
 
+import sqlite3
+from datetime import timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
 from celery.schedules import crontab
-from django_celery_beat.models import CrontabSchedule, PeriodicTask, PeriodicTasks
+from django.db import connection, transaction
+from django_celery_beat.models import CrontabSchedule, IntervalSchedule, PeriodicTask, PeriodicTasks
+
+from app.core.locks import SCHEDULE_SYNC, transaction_lock
 
 from app.scheduling.scheduler import ScheduleTableScheduler
 from app.scheduling.models import CodeDefinedJob
-from app.scheduling.sync import ScheduleEntryError, sync_schedule_table
+from app.scheduling.sync import ScheduleEntryError, reset_schedule, sync_schedule_table
 
 
 def entry(task="app.tasks.file_tasks.cleanup_temp_files", minute="10", queue="low_priority", **options):
@@ -107,3 +112,40 @@ def test_beat_start_syncs_the_table_before_the_first_tick(clean_schedule, celery
     assert "old-job" not in scheduler.schedule
     assert "kept-job" in scheduler.schedule
     assert not PeriodicTask.objects.get(name="old-job").enabled
+
+
+def test_duplicate_schedule_rows_left_from_before_do_not_stop_the_sync(clean_schedule):
+    """Concurrent syncs before the lock left duplicates behind; the oldest row is used."""
+    IntervalSchedule.objects.all().delete()
+    shanghai = ZoneInfo("Asia/Shanghai")
+    first, _ = (CrontabSchedule.objects.create(minute="10", timezone=shanghai) for _ in range(2))
+    every_minute, _ = (IntervalSchedule.objects.create(every=60, period=IntervalSchedule.SECONDS) for _ in range(2))
+    interval_entry = {"task": "app.tasks.file_tasks.cleanup_logs", "schedule": timedelta(minutes=1),
+                      "options": {"queue": "low_priority"}}
+    report = sync_schedule_table({"a-job": entry(minute="10"), "b-job": interval_entry})
+    assert report.created == ["a-job", "b-job"]
+    assert PeriodicTask.objects.get(name="a-job").crontab == first
+    assert PeriodicTask.objects.get(name="b-job").interval == every_minute
+    deleted, report = reset_schedule({"a-job": entry(minute="10")})
+    assert deleted == 2 and PeriodicTask.objects.get(name="a-job").crontab == first
+
+
+def test_on_sqlite_a_sync_holds_the_write_lock_from_its_first_statement(django_db):
+    """Django begins IMMEDIATE: a concurrent sync (any writer) waits for the commit, so it reads
+    the rows this one created instead of creating them again."""
+    other = sqlite3.connect(connection.settings_dict["NAME"], timeout=0, isolation_level=None)
+    try:
+        with transaction.atomic():
+            transaction_lock(SCHEDULE_SYNC)
+            with pytest.raises(sqlite3.OperationalError, match="locked"):
+                other.execute("BEGIN IMMEDIATE")
+        other.execute("BEGIN IMMEDIATE")
+        other.execute("ROLLBACK")
+    finally:
+        other.close()
+
+
+def test_the_sync_lock_is_refused_outside_a_transaction(django_db):
+    with pytest.raises(RuntimeError, match="outside transaction.atomic"):
+        transaction_lock(SCHEDULE_SYNC)
+

@@ -1,20 +1,15 @@
 """Schema migrations, applied by themselves: Alembic for app/models, Django's for django-celery-beat."""
 
-import fcntl
-import zlib
-from contextlib import contextmanager
-from pathlib import Path
-
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy.engine import Engine
 
-from app.core.config import PROJECT_ROOT, get_settings
+from app.core.config import PROJECT_ROOT
+from app.core.locks import MIGRATIONS, session_lock
 
 ALEMBIC_INI = PROJECT_ROOT / "alembic.ini"
-LOCK_KEY = zlib.crc32(b"celery-beat-service-migrations")
 
 
 def alembic_config() -> Config:
@@ -23,26 +18,9 @@ def alembic_config() -> Config:
     return config
 
 
-@contextmanager
-def _migration_lock(connection):
-    """One migrator at a time: beat and workers starting together must not race."""
-    if connection.dialect.name == "postgresql":
-        connection.exec_driver_sql(f"SELECT pg_advisory_lock({LOCK_KEY})")
-        try:
-            yield
-        finally:
-            connection.exec_driver_sql(f"SELECT pg_advisory_unlock({LOCK_KEY})")
-        return
-    lock_path = Path(get_settings().run_path) / "migrate.lock"
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    with lock_path.open("w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        yield
-
-
 def upgrade_app_schema(engine: Engine) -> None:
     """Bring the app's tables to the newest Alembic revision."""
-    with engine.connect() as connection, _migration_lock(connection):
+    with engine.connect() as connection, session_lock(connection, MIGRATIONS):
         _upgrade(connection)
 
 
@@ -62,7 +40,7 @@ def migrate_all() -> None:
 
     from app.core.database import engine
 
-    with engine.sa_engine.connect() as connection, _migration_lock(connection):
+    with engine.sa_engine.connect() as connection, session_lock(connection, MIGRATIONS):
         _upgrade(connection)
         call_command("migrate", interactive=False, verbosity=0)
 

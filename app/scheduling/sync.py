@@ -12,6 +12,7 @@ from django.db import transaction
 from django_celery_beat.models import CrontabSchedule, IntervalSchedule, PeriodicTask, PeriodicTasks
 
 from app.core.config import TIMEZONE
+from app.core.locks import SCHEDULE_SYNC, transaction_lock
 from app.scheduling.models import CodeDefinedJob
 
 log = logging.getLogger(__name__)
@@ -124,15 +125,20 @@ def drift(task: PeriodicTask, entry: dict) -> list[str]:
     return [field for field in desired if desired[field] != stored[field]]
 
 
+def _first_or_create(model, **fields):
+    """The oldest row with `fields`, created if there is none. Not get_or_create: duplicate rows
+    (left by concurrent syncs before they took the lock) must not stop beat with MultipleObjectsReturned."""
+    return model.objects.filter(**fields).order_by("id").first() or model.objects.create(**fields)
+
+
 def _schedule_model_fields(entry_schedule) -> dict:
     fields = {"crontab": None, "interval": None, "solar": None, "clocked": None}
     spec = _schedule_spec(entry_schedule)
     if "crontab" in spec:
-        fields["crontab"], _ = CrontabSchedule.objects.get_or_create(**spec["crontab"], timezone=ZoneInfo(TIMEZONE))
+        fields["crontab"] = _first_or_create(CrontabSchedule, **spec["crontab"], timezone=ZoneInfo(TIMEZONE))
     else:
-        fields["interval"], _ = IntervalSchedule.objects.get_or_create(
-            every=int(spec["interval"]), period=IntervalSchedule.SECONDS
-        )
+        fields["interval"] = _first_or_create(IntervalSchedule, every=int(spec["interval"]),
+                                              period=IntervalSchedule.SECONDS)
     return fields
 
 
@@ -168,13 +174,15 @@ def sync_schedule_table(table: dict[str, dict]) -> SyncReport:
     """Make the database match the table: create and update changed entries, disable removed ones.
 
     An entry whose file text is unchanged since the last sync is left alone, so an edit made
-    in the admin stands until the entry itself is changed in the file.
+    in the admin stands until the entry itself is changed in the file. One sync at a time: beats
+    starting together would otherwise each create the same schedule rows.
     """
     for name, entry in table.items():
         validate_entry(name, entry)
     report = SyncReport()
     with transaction.atomic():
-        records = {record.name: record for record in CodeDefinedJob.objects.select_for_update()}
+        transaction_lock(SCHEDULE_SYNC)  # a row lock would lock nothing on an empty table
+        records = {record.name: record for record in CodeDefinedJob.objects.all()}
         for name, entry in table.items():
             fingerprint = entry_fingerprint(entry)
             record = records.pop(name, None)
@@ -212,6 +220,7 @@ def reset_schedule(table: dict[str, dict], everything: bool = False) -> tuple[in
     unless `everything`.
     """
     with transaction.atomic():
+        transaction_lock(SCHEDULE_SYNC)
         rows = PeriodicTask.objects.all()
         if not everything:
             code_defined = set(CodeDefinedJob.objects.values_list("name", flat=True)) | set(table)
