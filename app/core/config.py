@@ -11,6 +11,7 @@ from urllib.parse import urlsplit
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy.engine import make_url
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 TIMEZONE = "Asia/Shanghai"
@@ -122,7 +123,11 @@ class Settings(BaseSettings):
     @field_validator("database_url")
     @classmethod
     def _database_scheme(cls, value):
-        return _check_url("DATABASE_URL", value, DATABASE_SCHEMES)
+        value = _check_url("DATABASE_URL", value, DATABASE_SCHEMES)
+        if value and urlsplit(value).scheme == "sqlite" and make_url(value).database in (None, "", ":memory:"):
+            # Beat, workers and the admin are separate processes: they can only share a file.
+            raise ValueError("DATABASE_URL: sqlite:///path needs a file path (sqlite:////absolute/app.db)")
+        return value
 
     @field_validator("alert_webhook_url")
     @classmethod
@@ -208,8 +213,18 @@ class Settings(BaseSettings):
         return self.celery_result_backend or self.broker_url
 
     @property
-    def sqlite_path(self) -> Path:
-        return self.var_path / "app.db"
+    def sqlite_path(self) -> Path | None:
+        """The SQLite file in use: the embedded var/app.db, or DATABASE_URL's; None on PostgreSQL.
+
+        SQLAlchemy and Django both open this path, with the same options (database.py, django_settings.py).
+        """
+        if self.database_url is None:
+            return self.var_path / "app.db"
+        url = make_url(self.database_url)
+        if url.get_backend_name() != "sqlite":
+            return None
+        # sqlite:///relative.db is relative to APP_HOME, not the working directory: every process agrees.
+        return self.app_home / url.database
 
     @property
     def sqlalchemy_url(self) -> str:
@@ -219,6 +234,8 @@ class Settings(BaseSettings):
         scheme, sep, rest = self.database_url.partition("://")
         if scheme in ("postgres", "postgresql"):
             return f"postgresql+psycopg2://{rest}"
+        if scheme == "sqlite":  # the absolute path, whatever the working directory
+            return make_url(self.database_url).set(database=str(self.sqlite_path)).render_as_string(False)
         return self.database_url
 
 

@@ -46,7 +46,7 @@ class AppEngine:
 
 
 def _ensure_sqlite_dir(settings: Settings) -> None:
-    if settings.database_url is None:
+    if settings.sqlite_path is not None:
         settings.sqlite_path.parent.mkdir(parents=True, exist_ok=True)
 
 

@@ -8,8 +8,9 @@ from app.core.config import TIMEZONE, Settings, get_settings
 
 
 def django_database(settings: Settings) -> dict:
-    """The same database SQLAlchemy uses, in Django's terms."""
-    if settings.database_url is None:
+    """The same database SQLAlchemy uses, in Django's terms: the same SQLite file (embedded or
+    DATABASE_URL=sqlite:///path, one path for both), or the same PostgreSQL database."""
+    if settings.sqlite_path is not None:
         settings.sqlite_path.parent.mkdir(parents=True, exist_ok=True)
         return {
             "ENGINE": "django.db.backends.sqlite3",
