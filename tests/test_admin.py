@@ -89,3 +89,28 @@ def test_the_admin_refuses_a_task_that_is_not_registered(embedded_project):
     assert "os.system is not a registered task" in error
     assert "sneaky" not in project.manager("list").stdout
     project.manager("stop", "--service", "all")
+
+
+def test_a_job_made_in_the_admin_follows_stock_policy_until_one_is_saved_there(embedded_project):
+    project = embedded_project
+
+    def listed_policy() -> dict:
+        rows = {row["name"]: row for row in json.loads(project.manager("list", "--json").stdout)}
+        return rows["admin-made"]["policy"]
+
+    with logged_in_admin(project) as (page, base, two_seconds):
+        page.goto(f"{base}/admin/django_celery_beat/periodictask/add/")
+        page.fill("#id_name", "admin-made")
+        page.select_option("#id_task", value="app.tasks.file_tasks.cleanup_temp_files")
+        page.select_option("#id_interval", value=two_seconds)
+        assert page.input_value("#id_schedule_policy-0-overlap") == "allow", "the form offers stock's policy"
+        page.click("input[name=_save]")
+        page.wait_for_selector(".messagelist .success")
+        assert listed_policy()["overlap"] == "allow", "nothing saved: every due run is sent, as stock does"
+
+        page.click("text=admin-made")
+        page.select_option("#id_schedule_policy-0-overlap", value="skip")
+        page.click("input[name=_save]")
+        page.wait_for_selector(".messagelist .success")
+    assert listed_policy() == {"overlap": "skip", "missed": "run_once", "grace": 300.0, "jitter": 0.0}
+    project.manager("stop", "--service", "all")

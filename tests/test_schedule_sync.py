@@ -149,3 +149,19 @@ def test_the_sync_lock_is_refused_outside_a_transaction(django_db):
     with pytest.raises(RuntimeError, match="outside transaction.atomic"):
         transaction_lock(SCHEDULE_SYNC)
 
+
+def test_a_code_defined_jobs_policy_is_saved_and_an_admin_edit_of_it_stands_until_the_file_changes(clean_schedule):
+    from app.scheduling.models import SchedulePolicy
+
+    def saved() -> tuple[str, float]:
+        policy = SchedulePolicy.objects.get(task__name="a-job")
+        return policy.overlap, policy.jitter
+
+    sync_schedule_table({"a-job": entry(), "b-job": {**entry(minute="20"), "policy": {"jitter": 60}}})
+    assert saved() == ("skip", 0), "no policy in the file: the code default, shown in the admin"
+    assert SchedulePolicy.objects.get(task__name="b-job").jitter == 60
+    SchedulePolicy.objects.filter(task__name="a-job").update(overlap="allow")  # edited in the admin
+    sync_schedule_table({"a-job": entry()})
+    assert saved() == ("allow", 0)
+    sync_schedule_table({"a-job": {**entry(), "policy": {"jitter": 30}}})
+    assert saved() == ("skip", 30), "the file's changed policy wins"

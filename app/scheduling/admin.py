@@ -11,7 +11,8 @@ from django.contrib import admin
 from django_celery_beat.admin import PeriodicTaskAdmin, PeriodicTaskForm, TaskSelectWidget
 from django_celery_beat.models import PeriodicTask
 
-from app.scheduling.models import CodeDefinedJob
+from app.scheduling.job_policy import STOCK_POLICY
+from app.scheduling.models import CodeDefinedJob, SchedulePolicy
 
 
 def registered_tasks() -> list[str]:
@@ -38,13 +39,27 @@ class RegisteredTaskForm(PeriodicTaskForm):
         return super().clean()
 
 
+class SchedulePolicyInline(admin.StackedInline):
+    """A job's policy, edited beside it; a job without one is scheduled as stock django-celery-beat does."""
+
+    model = SchedulePolicy
+    max_num = 1
+    verbose_name = "schedule policy / 调度策略 (none saved: every due run is sent, as stock does / 未保存则每次都发送)"
+
+
 class ScheduleAdmin(PeriodicTaskAdmin):
     form = RegisteredTaskForm
-    list_display = ("name", "enabled", "task", "scheduler", "queue", "last_run_at", "source")
+    inlines = [SchedulePolicyInline]
+    list_display = ("name", "enabled", "task", "scheduler", "queue", "last_run_at", "policy", "source")
     fieldsets = (
         (None, {"fields": ("name", "task", "enabled", "description"), "classes": ("extrapretty", "wide")}),
         *PeriodicTaskAdmin.fieldsets[1:],
     )
+
+    @admin.display(description="policy / 策略")
+    def policy(self, task: PeriodicTask) -> str:
+        saved = SchedulePolicy.objects.filter(task=task).first()
+        return f"{saved.overlap}/{saved.missed}" if saved else f"{STOCK_POLICY.overlap}/{STOCK_POLICY.missed} (stock)"
 
     @admin.display(description="source / 来源")
     def source(self, task: PeriodicTask) -> str:

@@ -3,7 +3,7 @@
 import hashlib
 import json
 import logging
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import timedelta
 from zoneinfo import ZoneInfo
 
@@ -13,7 +13,8 @@ from django_celery_beat.models import CrontabSchedule, IntervalSchedule, Periodi
 
 from app.core.config import TIMEZONE
 from app.core.locks import SCHEDULE_SYNC, transaction_lock
-from app.scheduling.models import CodeDefinedJob
+from app.scheduling.job_policy import policy_of
+from app.scheduling.models import CodeDefinedJob, SchedulePolicy
 
 log = logging.getLogger(__name__)
 
@@ -170,6 +171,20 @@ def _overwritten_admin_edits(name: str, record: CodeDefinedJob | None, entry: di
     return [key for key, value in record.synced_state.items() if value != stored.get(key) != desired.get(key)]
 
 
+def _sync_policy(name: str, entry: dict, record: CodeDefinedJob) -> None:
+    """Save the entry's policy for beat and the admin when the file's differs from the last one synced.
+
+    Like the other fields, a policy edited in the admin stands until the entry's policy changes
+    in the file (the policy is not part of the fingerprint, so adding it rewrote no admin edits).
+    """
+    policy = asdict(policy_of(entry))
+    if record.synced_state.get("policy") == policy:
+        return
+    SchedulePolicy.objects.update_or_create(task=PeriodicTask.objects.get(name=name), defaults=policy)
+    record.synced_state = {**record.synced_state, "policy": policy}
+    record.save(update_fields=["synced_state"])
+
+
 def sync_schedule_table(table: dict[str, dict]) -> SyncReport:
     """Make the database match the table: create and update changed entries, disable removed ones.
 
@@ -189,11 +204,13 @@ def sync_schedule_table(table: dict[str, dict]) -> SyncReport:
             exists = PeriodicTask.objects.filter(name=name).exists()
             if record is not None and exists and record.fingerprint == fingerprint:
                 report.unchanged.append(name)
+                _sync_policy(name, entry, record)
                 continue
             replaced = _overwritten_admin_edits(name, record, entry) if exists else []
             task, _ = PeriodicTask.objects.update_or_create(name=name, defaults=periodic_task_fields(entry))
-            CodeDefinedJob.objects.update_or_create(name=name, defaults={
+            record, _ = CodeDefinedJob.objects.update_or_create(name=name, defaults={
                 "fingerprint": fingerprint, "synced_state": stored_state(task), "replaced_fields": replaced})
+            _sync_policy(name, entry, record)
             (report.updated if exists else report.created).append(name)
             if replaced:
                 report.replaced_overrides[name] = replaced
