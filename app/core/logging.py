@@ -1,4 +1,4 @@
-"""The task results log: one JSON line per finished task in logs/task_results.log."""
+"""The task results log (one JSON line per finished task in logs/task_results.log), and errors told in one line."""
 
 import json
 import logging
@@ -25,6 +25,18 @@ def task_results_logger(logs_dir: Path) -> logging.Logger:
         logger.setLevel(logging.INFO)
         logger.propagate = False
     return logger
+
+
+def one_line(error: BaseException) -> str:
+    """`Kind: message` on one line, for an error that stops a service (its traceback is noise to an operator).
+
+    A SQLAlchemy database error is told by the driver's exception it wraps, without SQLAlchemy's additions.
+    """
+    cause = getattr(error, "orig", None)
+    if not isinstance(cause, BaseException):
+        cause = error
+    message = " ".join(line.strip() for line in str(cause).splitlines() if line.strip())
+    return f"{type(cause).__name__}: {message}" if message else type(cause).__name__
 
 
 def _preview(value) -> object:

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 from django.db.utils import DatabaseError, InterfaceError
 
+from app.core.logging import one_line
+
 REPEAT_EVERY = 60.0  # seconds between the lines of one outage
 
 
@@ -15,11 +17,6 @@ class _Outage:
     began: float
     logged: float
     failures: int = 1
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {text[0] if text else ''}".rstrip(": ")
 
 
 class OutageLog(logging.Filter):
@@ -37,13 +34,13 @@ class OutageLog(logging.Filter):
         if outage is None:
             self.outages[kind] = _Outage(began=now, logged=now)
             self.logger.error("%s unreachable (%s): beat keeps trying, one line a minute until it answers",
-                              kind, _first_line(error))
+                              kind, one_line(error))
             return
         outage.failures += 1
         if now - outage.logged >= REPEAT_EVERY:
             outage.logged = now
             self.logger.error("%s still unreachable after %.0f s, %d failed attempts (%s)",
-                              kind, now - outage.began, outage.failures, _first_line(error))
+                              kind, now - outage.began, outage.failures, one_line(error))
 
     def recovered(self, kind: str) -> None:
         outage = self.outages.pop(kind, None)

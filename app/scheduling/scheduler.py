@@ -19,7 +19,6 @@ from zoneinfo import ZoneInfo
 
 from celery.beat import SchedulingError
 from celery.utils import uuid
-from celery.utils.time import maybe_make_aware
 from django.db import DatabaseError, InterfaceError, connection
 from django_celery_beat.schedulers import DatabaseScheduler, ModelEntry
 from django_celery_beat.schedulers import logger as stock_logger
@@ -68,10 +67,11 @@ class RunRecordingEntry(ModelEntry):
     def __init__(self, model, app=None):
         self.stored_last_run_at = model.last_run_at
         super().__init__(model, app=app)
-        now = maybe_make_aware(self._default_now())
-        if maybe_make_aware(self.last_run_at) > now + timedelta(seconds=CLOCK_JUMP_TOLERANCE):
+        last, now = self.last_run_at, self._default_now()
+        aware = last.tzinfo is not None and now.tzinfo is not None  # naive times: stock's settings, no clock check
+        if aware and last > now + timedelta(seconds=CLOCK_JUMP_TOLERANCE):
             log.warning("%s last ran at %s, ahead of this host's clock: due again from now",
-                        self.name, f"{maybe_make_aware(self.last_run_at).astimezone(SHANGHAI):%Y-%m-%d %H:%M:%S}")
+                        self.name, f"{last.astimezone(SHANGHAI):%Y-%m-%d %H:%M:%S}")
             self.last_run_at = now
 
     def advance(self, session: Session, last_run_at: datetime, run_count: int, lock_timeout_ms: int) -> bool:
@@ -156,12 +156,21 @@ class ScheduleTableScheduler(DatabaseScheduler):
     def setup_schedule(self):
         try:
             table = checked_schedule_table(self.app, self.table)
+            migrate_all()
+            sync_schedule_table(table)
         except ScheduleTableError as error:
             log.critical("beat not started: %s", error)
             raise SystemExit(1) from None
-        migrate_all()
-        sync_schedule_table(table)
+        except Exception as error:
+            # One line, then exit 1: raised on, the traceback Python prints at exit would reach the
+            # log through Celery's stdout/stderr redirection one write() (a word, a "^") per line.
+            from app.core.logging import one_line
+
+            log.debug("beat not started", exc_info=True)
+            log.critical("beat not started: %s", one_line(error))
+            raise SystemExit(1) from None
         self.policies = {name: policy_of(entry) for name, entry in table.items()}
+        self._take_change_mark()
 
     @cached_property
     def connection(self):
@@ -189,11 +198,20 @@ class ScheduleTableScheduler(DatabaseScheduler):
 
     def _reload_schedule(self) -> None:
         """Read every entry afresh: the last runs of a previous leader are in the database, not here."""
+        self._take_change_mark()
         self._schedule = self.all_as_schedule()
         self._initial_read = False
         self._last_full_sync = datetime.now()
         self._heap = None
         self._reserved.clear()
+
+    def _take_change_mark(self) -> None:
+        """Note the admin's latest change before reading entries, so any later one is noticed at the
+        next tick (stock notes it only at its first check, missing a change made before that)."""
+        try:
+            self._last_timestamp = self.Changes.last_change()
+        except (DatabaseError, InterfaceError) as error:
+            self.outages.failed("database", error)
 
     def all_as_schedule(self):
         """Every enabled entry, read afresh; one that cannot be scheduled is named and left out."""
