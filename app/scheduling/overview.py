@@ -1,7 +1,7 @@
 """Every periodic job as operators see it: schedule in words, last and next run and how the last one went, source, drift."""
 
 from dataclasses import asdict, dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
 from django.utils import timezone
@@ -70,7 +70,8 @@ def next_run(task: PeriodicTask, now: datetime) -> datetime | None:
     if not task.enabled:
         return None
     last = task.last_run_at or task.date_changed or now
-    return max(now + task.schedule.remaining_estimate(last), now)
+    upcoming = now + task.schedule.remaining_estimate(last)  # measured from the schedule's own, later, now()
+    return max((upcoming + timedelta(microseconds=500_000)).replace(microsecond=0), now)
 
 
 def _file_policy(entry: dict):
