@@ -230,3 +230,17 @@ def test_disabling_a_job_clears_its_last_run_and_beat_never_writes_it_back(beat)
     job.save()
     tick_until_idle(beat())
     assert len(history()["nightly"]) == 1, "re-enabled after its slot: not fired at once"
+
+
+def test_a_job_whose_message_cannot_be_built_is_given_up_and_the_others_go_out(beat, caplog):
+    admin_job("bad-kwargs", interval=every(60))
+    PeriodicTask.objects.filter(name="bad-kwargs").update(kwargs="[1, 2]")  # JSON, but not keyword arguments
+    admin_job("fine", interval=every(60))
+    for name in ("bad-kwargs", "fine"):
+        overdue(name, timedelta(hours=1))
+    with caplog.at_level(logging.ERROR, logger="app.scheduling.scheduler"):
+        tick_until_idle(beat())
+    runs = history()
+    assert [run.outcome for run in runs["bad-kwargs"]] == ["lost"], "not retried as if the broker were down"
+    assert "bad-kwargs due" in caplog.text and "unreachable" not in caplog.text
+    assert [run.outcome in SENT for run in runs["fine"]] == [True]

@@ -20,6 +20,7 @@ from zoneinfo import ZoneInfo
 from celery.beat import SchedulingError
 from celery.utils import uuid
 from django.db import DatabaseError, InterfaceError, connection
+from kombu.exceptions import OperationalError as KombuOperationalError
 from django_celery_beat.schedulers import DatabaseScheduler, ModelEntry
 from django_celery_beat.schedulers import logger as stock_logger
 from sqlalchemy import text
@@ -29,6 +30,7 @@ from sqlalchemy.orm import Session
 from app.core.broker import redis_client
 from app.core.config import TIMEZONE, get_settings
 from app.core.database import SessionFactory
+from app.core.logging import one_line
 from app.core.migrations import migrate_all
 from app.models.base import utcnow
 from app.scheduling.fenced_transport import NotLeading, fence
@@ -97,7 +99,7 @@ def _bound_waits(session: Session, timeout_ms: int) -> None:
         session.execute(text(f"PRAGMA busy_timeout = {int(timeout_ms)}"))
 
 
-def _caused_by(error: BaseException, kind: type) -> bool:
+def _caused_by(error: BaseException, kind: type | tuple[type, ...]) -> bool:
     while error is not None:
         if isinstance(error, kind):
             return True
@@ -164,8 +166,6 @@ class ScheduleTableScheduler(DatabaseScheduler):
         except Exception as error:
             # One line, then exit 1: raised on, the traceback Python prints at exit would reach the
             # log through Celery's stdout/stderr redirection one write() (a word, a "^") per line.
-            from app.core.logging import one_line
-
             log.debug("beat not started", exc_info=True)
             log.critical("beat not started: %s", one_line(error))
             raise SystemExit(1) from None
@@ -184,7 +184,7 @@ class ScheduleTableScheduler(DatabaseScheduler):
             return self.max_interval
         if not was_leading:
             self._reload_schedule()
-        self._pending = [run for run in self._pending if not self._dispatch(run, self.producer)]
+        self._pending = [run for run in self._pending if not self._dispatch_safely(run, self.producer)]
         interval = super().tick(*args, **kwargs)
         if interval:
             self._note_published()
@@ -269,11 +269,16 @@ class ScheduleTableScheduler(DatabaseScheduler):
         if waiting is not None:  # still unrecorded after an outage: one run, at the latest slot
             waiting.due_at = run.due_at
             return
+        if not self._dispatch_safely(run, producer):
+            self._pending.append(run)
+
+    def _dispatch_safely(self, run: DueRun, producer) -> bool:
+        """`_dispatch`, with anything unforeseen logged under the job's name and that run given up."""
         try:
-            if not self._dispatch(run, producer):
-                self._pending.append(run)
+            return self._dispatch(run, producer)
         except Exception:  # noqa: BLE001 - one entry's failure must never stop the others
             log.exception("%s not sent", run.describe())
+            return True
 
     def _dispatch(self, run: DueRun, producer) -> bool:
         """Record and publish (or skip) one due run; False when it has to be tried again."""
@@ -330,12 +335,17 @@ class ScheduleTableScheduler(DatabaseScheduler):
         try:
             self.apply_async(entry, producer=producer, advance=False)
         except SchedulingError as error:
+            cause = error.__context__ or error
             if _caused_by(error, NotLeading):
                 log.warning("%s not sent: another beat took the leader lease after it was recorded; "
                             "marked lost", run.describe())
                 self._note(mark_unpublished, run.task_id, "not published: the beat that recorded it lost the lease")
                 return True
-            self.outages.failed("broker", error.__context__ or error)
+            if not _caused_by(error, (*self.connection.connection_errors, KombuOperationalError, OSError)):
+                log.error("%s not sent: %s; marked lost", run.describe(), one_line(cause))
+                self._note(mark_unpublished, run.task_id, f"not published: {one_line(cause)}")
+                return True
+            self.outages.failed("broker", cause)
             return False
         finally:
             entry.options = options
