@@ -12,21 +12,33 @@ from app.core.config import Settings, get_settings
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 
 
-def _tune_sqlite(dbapi_connection, _record) -> None:
-    cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
-    cursor.execute("PRAGMA synchronous=NORMAL")
-    cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.close()
+def _sqlite_tuning(busy_timeout_ms: int):
+    def tune(dbapi_connection, _record) -> None:
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute(f"PRAGMA busy_timeout={busy_timeout_ms}")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+    return tune
 
 
-def make_engine(url: str) -> Engine:
-    """An engine for `url`; SQLite gets WAL and a busy timeout so workers and beat can share it."""
+def make_engine(url: str, wait_limit_ms: int | None = None) -> Engine:
+    """An engine for `url`; SQLite gets WAL and a busy timeout so workers and beat can share it.
+
+    With `wait_limit_ms`, no lock wait, statement or stall inside a transaction lasts longer
+    (PostgreSQL's lock, statement and idle-in-transaction timeouts; SQLite's busy timeout), and
+    connections are not pinged before use: a dead one fails its transaction, which is retried.
+    """
     if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
-        event.listen(engine, "connect", _tune_sqlite)
+        busy_ms = wait_limit_ms or SQLITE_BUSY_TIMEOUT_MS
+        engine = create_engine(url, connect_args={"timeout": busy_ms / 1000})
+        event.listen(engine, "connect", _sqlite_tuning(busy_ms))
         return engine
+    if wait_limit_ms:
+        limits = " ".join(f"-c {name}={int(wait_limit_ms)}" for name in
+                          ("lock_timeout", "statement_timeout", "idle_in_transaction_session_timeout"))
+        return create_engine(url, connect_args={"options": limits}, pool_size=1, max_overflow=1)
     return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
 
 

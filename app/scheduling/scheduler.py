@@ -5,12 +5,13 @@ every due run.
 One sender, by construction: a run is recorded in the transaction that moves its job's last run
 forward by compare-and-set (so of two beats that read the same row only one records it), and its
 message is pushed by a script that checks the lease in the same Redis (so a beat that lost the
-lease cannot publish, however long it stalled). Timeouts shorter than the lease bound the
-database work in between.
+lease cannot publish, however long it stalled). The history's engine bounds every wait of that
+transaction well inside the lease.
 """
 
 import logging
 import random
+import signal
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -18,18 +19,21 @@ from functools import cached_property
 from zoneinfo import ZoneInfo
 
 from celery.beat import SchedulingError
+from celery.schedules import schedule as interval_schedule
 from celery.utils import uuid
-from django.db import DatabaseError, InterfaceError, connection
+from django.db import DatabaseError, InterfaceError
+from django.db import connection as django_connection
 from kombu.exceptions import OperationalError as KombuOperationalError
 from django_celery_beat.schedulers import DatabaseScheduler, ModelEntry
 from django_celery_beat.schedulers import logger as stock_logger
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.orm import Session
+from sqlalchemy.engine import Connection
+from sqlalchemy.orm import sessionmaker
 
 from app.core.broker import redis_client
 from app.core.config import TIMEZONE, get_settings
-from app.core.database import SessionFactory
+from app.core.database import SessionFactory, make_engine
 from app.core.logging import one_line
 from app.core.migrations import migrate_all
 from app.models.base import utcnow
@@ -52,6 +56,11 @@ RETRY_INTERVAL = 1.0
 # A wall clock that falls this far behind the monotonic clock between two ticks went back.
 CLOCK_JUMP_TOLERANCE = 10.0
 CLOCK_INCIDENT = "beat:clock"
+# Recording runs can fail on its own (a lock, a statement timeout) while reads still answer: a
+# successful read must not end that outage.
+RUN_HISTORY = "database (run history)"
+# Celery's beat raises SystemExit from its SIGTERM/SIGINT handler, wherever the main thread is.
+STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
 # A run not started yet blocks the next one (overlap: skip) for this many of its periods at most.
 QUEUED_PERIODS = 1.5
 # How long a started run of a task without any time limit blocks the next one.
@@ -66,6 +75,8 @@ class RunRecordingEntry(ModelEntry):
     records nothing. A last run ahead of the clock (the clock went back) is due again from now.
     """
 
+    next_slot_at: float | None = None  # an interval job's next slot (UTC timestamp), for the heap
+
     def __init__(self, model, app=None):
         self.stored_last_run_at = model.last_run_at
         super().__init__(model, app=app)
@@ -76,27 +87,17 @@ class RunRecordingEntry(ModelEntry):
                         self.name, f"{last.astimezone(SHANGHAI):%Y-%m-%d %H:%M:%S}")
             self.last_run_at = now
 
-    def advance(self, session: Session, last_run_at: datetime, run_count: int, lock_timeout_ms: int) -> bool:
-        """Move the job's last run to `last_run_at` through `session`, only if its row is still as read."""
+    def advance(self, connection: Connection, last_run_at: datetime, run_count: int) -> bool:
+        """Move the job's last run to `last_run_at` on `connection`, only if its row is still as read."""
         table = self.model._meta.db_table
-        adapt = connection.ops.adapt_datetimefield_value
-        _bound_waits(session, lock_timeout_ms)
+        adapt = django_connection.ops.adapt_datetimefield_value
         unchanged = "last_run_at IS NULL" if self.stored_last_run_at is None else "last_run_at = :expected"
-        result = session.execute(
+        result = connection.execute(
             text(f"UPDATE {table} SET last_run_at = :last_run_at, total_run_count = :count "
                  f"WHERE id = :id AND enabled AND {unchanged}"),
             {"last_run_at": adapt(last_run_at), "count": run_count, "id": self.model.pk,
              "expected": adapt(self.stored_last_run_at)})
         return result.rowcount == 1
-
-
-def _bound_waits(session: Session, timeout_ms: int) -> None:
-    """No lock wait, statement or stall inside this transaction outlasts the lease."""
-    if session.get_bind().dialect.name == "postgresql":
-        session.execute(text("SELECT set_config('lock_timeout', :ms, true), set_config('statement_timeout', :ms, true),"
-                             " set_config('idle_in_transaction_session_timeout', :ms, true)"), {"ms": str(timeout_ms)})
-    else:
-        session.execute(text(f"PRAGMA busy_timeout = {int(timeout_ms)}"))
 
 
 def _caused_by(error: BaseException, kind: type | tuple[type, ...]) -> bool:
@@ -147,13 +148,27 @@ class ScheduleTableScheduler(DatabaseScheduler):
         self.outages = OutageLog(log)
         self._clock_reading: tuple[float, float] | None = None
         self._clock_incident_until: float | None = None
+        # Celery builds a second, lazy scheduler for its start-up banner before the one that runs;
+        # a filter left by it would swallow stock's records before this one's counts them.
+        for stale in [installed for installed in stock_logger.filters if isinstance(installed, OutageLog)]:
+            stock_logger.removeFilter(stale)
         stock_logger.addFilter(self.outages)
         super().__init__(*args, **kwargs)
         settings = get_settings()
         client = redis_client(settings.broker_url, socket_timeout=5, socket_connect_timeout=5)
         self.leadership = Leadership(client, settings.beat_leader_timeout, self.max_interval)
         self.max_interval = self.leadership.tick_interval
-        self.lock_timeout_ms = max(500, self.leadership.ttl_ms // 3)
+        # The run history is written through an engine of its own whose waits end well inside the lease.
+        self._history_engine = make_engine(settings.sqlalchemy_url, wait_limit_ms=max(500, self.leadership.ttl_ms // 3))
+        self.history = sessionmaker(bind=self._history_engine, expire_on_commit=False)
+        self._connect_history()
+
+    def _connect_history(self) -> None:
+        """Open the history's connection at start, not on the first due run's time."""
+        try:
+            self._history_engine.connect().close()
+        except SQLAlchemyError as error:
+            self.outages.failed("database", error)
 
     def setup_schedule(self):
         try:
@@ -256,13 +271,26 @@ class ScheduleTableScheduler(DatabaseScheduler):
             return entry
         self._reserved[entry.name] = run
         entry.model.last_run_at, entry.model.total_run_count = run.due_at, entry.total_run_count + 1
-        return self.Entry(entry.model, app=self.app)
+        following = self.Entry(entry.model, app=self.app)
+        if isinstance(entry.schedule, interval_schedule):
+            following.next_slot_at = (run.due_at + entry.schedule.run_every).timestamp()
+        return following
+
+    def _when(self, entry, next_time_to_run, *args, **kwargs):
+        """When the heap next looks at `entry`. Stock puts a sent interval job a whole period after
+        the send: every late send made the runs after it as late, the delays adding up until a slot
+        was skipped. Here it is looked at at its next slot."""
+        next_slot_at = getattr(entry, "next_slot_at", None)
+        if next_time_to_run and next_slot_at is not None:
+            entry.next_slot_at = None
+            return next_slot_at
+        return super()._when(entry, next_time_to_run, *args, **kwargs)
 
     def apply_entry(self, entry, producer=None):
         run = self._reserved.pop(entry.name, None)
         if run is None:
             return
-        if not self.leadership.renew():
+        if not self.leadership.renew():  # recording a run it then cannot push would lose that run
             log.warning("%s not sent: this beat no longer holds the leader lease", run.describe())
             return
         waiting = next((old for old in self._pending if old.entry.name == entry.name and not old.recorded), None)
@@ -273,12 +301,19 @@ class ScheduleTableScheduler(DatabaseScheduler):
             self._pending.append(run)
 
     def _dispatch_safely(self, run: DueRun, producer) -> bool:
-        """`_dispatch`, with anything unforeseen logged under the job's name and that run given up."""
+        """`_dispatch`, with anything unforeseen logged under the job's name and that run given up.
+
+        A stop arriving between the record's commit and the push would leave the run recorded (its
+        slot taken) and never sent: it waits until this run is through.
+        """
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
         try:
             return self._dispatch(run, producer)
         except Exception:  # noqa: BLE001 - one entry's failure must never stop the others
             log.exception("%s not sent", run.describe())
             return True
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
     def _dispatch(self, run: DueRun, producer) -> bool:
         """Record and publish (or skip) one due run; False when it has to be tried again."""
@@ -286,9 +321,9 @@ class ScheduleTableScheduler(DatabaseScheduler):
             try:
                 outcome = self._record(run, self.app.now())
             except SQLAlchemyError as error:
-                self.outages.failed("database", error)
+                self.outages.failed(RUN_HISTORY, error)
                 return False
-            self.outages.recovered("database")
+            self.outages.recovered(RUN_HISTORY)
             if outcome is None:
                 log.info("%s not sent: the job changed since this beat read it (another beat sent it, or "
                          "it was edited); reading the schedule again", run.describe())
@@ -306,10 +341,10 @@ class ScheduleTableScheduler(DatabaseScheduler):
         missed = policy.missed == "skip" and (now - run.due_at).total_seconds() > policy.grace
         busy = self._busy_window(run, now) if policy.overlap == "skip" and not missed else None
 
-        def advance(session: Session) -> bool:
-            return run.entry.advance(session, run.due_at, run.entry.total_run_count + 1, self.lock_timeout_ms)
+        def advance(connection: Connection) -> bool:
+            return run.entry.advance(connection, run.due_at, run.entry.total_run_count + 1)
 
-        return record_due_run(SessionFactory, run.entry.name, run.due_at, now, advance=advance,
+        return record_due_run(self._history_engine, run.entry.name, run.due_at, now, advance=advance,
                               outcome=SKIPPED_MISSED if missed else SENDING,
                               task_id=None if missed else run.task_id, unless_busy=busy)
 
@@ -375,7 +410,7 @@ class ScheduleTableScheduler(DatabaseScheduler):
     def _note(self, record, *args) -> None:
         """Bookkeeping of the history after a publish: a database error must not send a run twice."""
         try:
-            record(SessionFactory, *args)
+            record(self.history, *args)
         except SQLAlchemyError as error:
             log.warning("run history not updated: %s", error)
 
@@ -403,3 +438,4 @@ class ScheduleTableScheduler(DatabaseScheduler):
         self.leadership.release()
         stock_logger.removeFilter(self.outages)
         super().close()
+        self._history_engine.dispose()

@@ -5,8 +5,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import and_, bindparam, case, func, or_, select, update
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy import and_, bindparam, case, func, insert, or_, select, update
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.orm import sessionmaker
 
 from app.core.database import session_scope
 from app.models import JobRun
@@ -44,35 +45,36 @@ class BusyWindow:
     queued_since: datetime
 
 
-def record_due_run(factory: sessionmaker, name: str, due_at: datetime, now: datetime, *,
-                   advance: Callable[[Session], bool], outcome: str = SENDING, task_id: str | None = None,
+def record_due_run(bind: Engine, name: str, due_at: datetime, now: datetime, *,
+                   advance: Callable[[Connection], bool], outcome: str = SENDING, task_id: str | None = None,
                    unless_busy: BusyWindow | None = None) -> str | None:
     """Record what beat does with one due run and advance its job, in one transaction; the outcome
     recorded, or None when `advance` finds the job moved on (another beat, or the admin, changed it).
 
     `advance` is the job's compare-and-set: it runs first, so it also takes the job's row lock,
     and only the beat whose expectation still holds records the run. With `unless_busy`, an
-    unfinished run of the job inside that window turns this one into `skipped_overlap`.
+    unfinished run of the job inside that window turns this one into `skipped_overlap`. Core
+    statements on a connection, not a session: this is on every sending tick of beat.
     """
     try:
-        with session_scope(factory) as session:
-            if not advance(session):
+        with bind.begin() as connection:
+            if not advance(connection):
                 raise _JobMoved
-            if unless_busy is not None and _in_progress(session, name, unless_busy):
+            if unless_busy is not None and _in_progress(connection, name, unless_busy):
                 outcome, task_id = SKIPPED_OVERLAP, None
             skipped = outcome != SENDING
-            session.add(JobRun(name=name, task_id=task_id, due_at=due_at, started_at=None, sent_at=None,
-                               lateness_seconds=(now - due_at).total_seconds(), outcome=outcome,
-                               finished_at=now if skipped else None))
+            connection.execute(insert(JobRun).values(
+                name=name, task_id=task_id, due_at=due_at, lateness_seconds=(now - due_at).total_seconds(),
+                outcome=outcome, finished_at=now if skipped else None))
     except _JobMoved:
         return None
     return outcome
 
 
-def _in_progress(session, name: str, busy: BusyWindow) -> bool:
+def _in_progress(connection: Connection, name: str, busy: BusyWindow) -> bool:
     started = and_(JobRun.started_at.is_not(None), JobRun.started_at >= busy.started_since)
     queued = and_(JobRun.started_at.is_(None), func.coalesce(JobRun.sent_at, JobRun.due_at) >= busy.queued_since)
-    return session.scalar(select(JobRun.id).where(
+    return connection.scalar(select(JobRun.id).where(
         JobRun.name == name, JobRun.outcome.in_(UNFINISHED), JobRun.finished_at.is_(None),
         or_(started, queued)).limit(1)) is not None
 
