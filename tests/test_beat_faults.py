@@ -149,24 +149,11 @@ def run_scenario(project: Project) -> dict:
             "leader": leader, "new_leader": new_leader, "killed_at": killed_at, "hours": hours}
 
 
-_SCENARIOS: dict[str, dict | BaseException] = {}
-
-
-# Each backend's scenario runs once, on one test process (pytest.ini: --dist loadgroup). A test
-# process may be handed the two backends' tests interleaved, which would set a module fixture up
-# again at each switch: the history a scenario leaves is kept instead.
+# Each backend's scenario runs once, on one test process (pytest.ini: --dist loadgroup).
 @pytest.fixture(scope="module", params=[pytest.param(backend, marks=pytest.mark.xdist_group(f"beat-{backend}"))
                                         for backend in ("embedded", "redis+postgresql")])
 def scenario(request, tmp_path_factory):
-    if request.param not in _SCENARIOS:
-        try:
-            _SCENARIOS[request.param] = run_backend_scenario(request.param, tmp_path_factory)
-        except BaseException as error:  # a failed (or skipped) scenario is not run again for the next test
-            _SCENARIOS[request.param] = error
-            raise
-    if isinstance(_SCENARIOS[request.param], BaseException):
-        raise _SCENARIOS[request.param]
-    return _SCENARIOS[request.param]
+    return run_backend_scenario(request.param, tmp_path_factory)
 
 
 def run_backend_scenario(backend: str, tmp_path_factory) -> dict:
