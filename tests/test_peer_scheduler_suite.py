@@ -240,3 +240,8 @@ def test_peer_scheduler_suite(peer_sdist, peer_python, tmp_path, record_property
     assert not absent, f"listed tests that the peer suite no longer has: {absent}"
     assert not now_passing, f"{summary}\n\nlisted failures that pass now; remove them from the list: {now_passing}"
     assert not unexpected, f"{summary}\n\nchild output (tail):\n{output[-8000:]}"
+
+
+def test_every_deliberate_divergence_is_documented():
+    documented = (REPO / "CELERY_BEAT_CONFIG.md").read_text(encoding="utf-8")
+    assert [test for test in DELIBERATE_DIVERGENCES if f"`{test}`" not in documented] == []
