@@ -20,7 +20,7 @@ import pytest
 import redis
 
 from app.core.broker import redis_client
-from tests.support.project import Project
+from tests.support.project import Project, moment
 from tests.support.services import postgres_database, redis_test_url
 from tests.support.waiting import wait_until
 
@@ -168,10 +168,6 @@ def run_backend_scenario(backend: str, tmp_path_factory) -> dict:
         project.kill_all()
         if database:
             database.close()
-
-
-def moment(text: str) -> datetime:
-    return datetime.fromisoformat(text)
 
 
 def sent(history: list[dict], name: str) -> list[dict]:

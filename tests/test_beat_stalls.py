@@ -34,7 +34,7 @@ import psutil
 import pytest
 
 from app.core.broker import redis_client
-from tests.support.project import Project
+from tests.support.project import Project, moment
 from tests.support.services import DEFAULT_POSTGRES_ADMIN_URL, postgres_database, redis_test_url
 from tests.support.tcp_proxy import TcpProxy
 from tests.support.waiting import wait_until
@@ -65,18 +65,6 @@ def quick():
 
 NAP, QUICK = "app.tasks.stall_probe.nap", "app.tasks.stall_probe.quick"
 
-RUNS = """
-import json
-from sqlalchemy import select
-from app.core.database import session_scope
-from app.models import JobRun
-with session_scope() as session:
-    rows = session.scalars(select(JobRun).order_by(JobRun.id)).all()
-    print(json.dumps([{c: (v.isoformat() if hasattr(v, "isoformat") else v)
-                       for c in ("id", "name", "task_id", "due_at", "sent_at", "started_at", "finished_at",
-                                 "outcome", "lateness_seconds", "summary") for v in [getattr(r, c)]} for r in rows]))
-"""
-
 INCIDENTS = """
 import json
 from sqlalchemy import select
@@ -103,10 +91,6 @@ def add_jobs(project: Project, jobs: str) -> None:
     schedule_file.write_text(schedule_file.read_text() + "\nfrom datetime import timedelta as _every\n" + jobs)
 
 
-def moment(text: str | None) -> datetime | None:
-    return datetime.fromisoformat(text) if text else None
-
-
 def utc_now() -> datetime:
     return datetime.now(timezone.utc)
 
@@ -120,8 +104,7 @@ class Copy:
         self.beats: dict[int, tuple[subprocess.Popen | None, str]] = {}  # pid -> (process, log file name)
 
     def runs(self, name: str | None = None) -> list[dict]:
-        rows = json.loads(self.project.python(RUNS).strip().splitlines()[-1])
-        return [row for row in rows if name is None or row["name"] == name]
+        return [row for row in self.project.job_runs() if name is None or row["name"] == name]
 
     def incidents(self) -> list[dict]:
         return json.loads(self.project.python(INCIDENTS).strip().splitlines()[-1])

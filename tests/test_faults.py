@@ -19,7 +19,7 @@ import pytest
 import redis
 
 from app.core.broker import find_server_binary
-from tests.support.project import Project, free_port
+from tests.support.project import Project, free_port, moment
 from tests.support.services import DEFAULT_POSTGRES_ADMIN_URL, postgres_database
 from tests.support.tcp_proxy import TcpProxy
 from tests.support.waiting import wait_until
@@ -62,10 +62,6 @@ if sys.argv[1] == "stop":
 else:
     broker.start()
 """
-
-
-def moment(text: str | None) -> datetime | None:
-    return datetime.fromisoformat(text) if text else None
 
 
 def utc_now() -> datetime:

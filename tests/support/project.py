@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+from datetime import datetime
 from pathlib import Path
 
 import psutil
@@ -45,9 +46,14 @@ from app.models import JobRun
 with session_scope() as session:
     rows = session.scalars(select(JobRun).order_by(JobRun.id)).all()
     print(json.dumps([{c: (v.isoformat() if hasattr(v, "isoformat") else v)
-                       for c in ("name", "task_id", "due_at", "sent_at", "started_at", "finished_at",
-                                 "outcome", "lateness_seconds") for v in [getattr(r, c)]} for r in rows]))
+                       for c in ("id", "name", "task_id", "due_at", "sent_at", "started_at", "finished_at",
+                                 "outcome", "lateness_seconds", "summary") for v in [getattr(r, c)]} for r in rows]))
 """
+
+
+def moment(text: str | None) -> datetime | None:
+    """A time from `Project.job_runs()` (an ISO string, or None) as a datetime."""
+    return datetime.fromisoformat(text) if text else None
 
 
 def free_port() -> int:
