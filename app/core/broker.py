@@ -11,7 +11,8 @@ from urllib.parse import parse_qs, urlsplit
 import psutil
 import redis
 
-from app.core.config import Settings
+from app.core.config import Settings, get_settings
+from app.core.network import redis_options
 
 START_TIMEOUT = 15.0
 STOP_TIMEOUT = 15.0
@@ -22,12 +23,15 @@ class BrokerError(Exception):
 
 
 def redis_client(url: str, **kwargs) -> redis.Redis:
-    """A redis-py client for a Celery-style URL, `redis+socket:///path?virtual_host=N` included."""
+    """A redis-py client for a Celery-style URL, `redis+socket:///path?virtual_host=N` included.
+
+    A TCP client gives a silent server up after NETWORK_TIMEOUT (keywords given here win).
+    """
     parts = urlsplit(url)
     if parts.scheme == "redis+socket":
         db = int(parse_qs(parts.query).get("virtual_host", ["0"])[0])
         return redis.Redis(unix_socket_path=parts.path, db=db, **kwargs)
-    return redis.Redis.from_url(url, **kwargs)
+    return redis.Redis.from_url(url, **{**redis_options(get_settings().network_timeout), **kwargs})
 
 
 def find_server_binary() -> Path:

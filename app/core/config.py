@@ -65,6 +65,9 @@ class Settings(BaseSettings):
     # Seconds a beat's leader lease lasts without renewal: a standby takes over within this time
     # of the leader dying, and a beat whose heartbeat is older than this is reported down.
     beat_leader_timeout: float = Field(30.0, ge=3)
+    # Seconds a connection to Redis or PostgreSQL may stay silent (no reply, no TCP acknowledgement)
+    # before it is given up and reconnected (app/core/network.py).
+    network_timeout: float = Field(10.0, ge=1, le=120)
     flower_address: str = "127.0.0.1"
     flower_port: int = Field(5555, ge=1, le=65535)
     flower_basic_auth: str | None = None  # user:password[,user2:password2]; unset = generated under var/

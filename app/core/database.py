@@ -8,6 +8,7 @@ from sqlalchemy.engine import Engine, Result
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.core.config import Settings, get_settings
+from app.core.network import libpq_options
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 
@@ -23,23 +24,27 @@ def _sqlite_tuning(busy_timeout_ms: int):
     return tune
 
 
-def make_engine(url: str, wait_limit_ms: int | None = None) -> Engine:
+def make_engine(url: str, wait_limit_ms: int | None = None, network_timeout: float = 10.0) -> Engine:
     """An engine for `url`; SQLite gets WAL and a busy timeout so workers and beat can share it.
 
-    With `wait_limit_ms`, no lock wait, statement or stall inside a transaction lasts longer
-    (PostgreSQL's lock, statement and idle-in-transaction timeouts; SQLite's busy timeout), and
-    connections are not pinged before use: a dead one fails its transaction, which is retried.
+    A PostgreSQL connection gives a silent server up after `network_timeout` seconds (connect
+    timeout, TCP keepalives, tcp_user_timeout). With `wait_limit_ms`, no lock wait, statement or
+    stall inside a transaction lasts longer (PostgreSQL's lock, statement and idle-in-transaction
+    timeouts; SQLite's busy timeout), and connections are not pinged before use: a dead one fails
+    its transaction, which is retried.
     """
     if url.startswith("sqlite"):
         busy_ms = wait_limit_ms or SQLITE_BUSY_TIMEOUT_MS
         engine = create_engine(url, connect_args={"timeout": busy_ms / 1000})
         event.listen(engine, "connect", _sqlite_tuning(busy_ms))
         return engine
+    connect_args = libpq_options(network_timeout)
     if wait_limit_ms:
-        limits = " ".join(f"-c {name}={int(wait_limit_ms)}" for name in
-                          ("lock_timeout", "statement_timeout", "idle_in_transaction_session_timeout"))
-        return create_engine(url, connect_args={"options": limits}, pool_size=1, max_overflow=1)
-    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
+        connect_args["options"] = " ".join(
+            f"-c {name}={int(wait_limit_ms)}"
+            for name in ("lock_timeout", "statement_timeout", "idle_in_transaction_session_timeout"))
+        return create_engine(url, connect_args=connect_args, pool_size=1, max_overflow=1)
+    return create_engine(url, connect_args=connect_args, pool_pre_ping=True, pool_size=5, max_overflow=5)
 
 
 class AppEngine:
@@ -64,7 +69,7 @@ def _ensure_sqlite_dir(settings: Settings) -> None:
 
 _settings = get_settings()
 _ensure_sqlite_dir(_settings)
-engine = AppEngine(make_engine(_settings.sqlalchemy_url))
+engine = AppEngine(make_engine(_settings.sqlalchemy_url, network_timeout=_settings.network_timeout))
 SessionFactory = sessionmaker(bind=engine.sa_engine, expire_on_commit=False)
 
 

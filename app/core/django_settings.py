@@ -5,6 +5,7 @@ import secrets
 from sqlalchemy.engine import make_url
 
 from app.core.config import TIMEZONE, Settings, get_settings
+from app.core.network import libpq_options
 
 
 def django_database(settings: Settings) -> dict:
@@ -32,6 +33,7 @@ def django_database(settings: Settings) -> dict:
         "PORT": str(url.port or ""),
         "CONN_MAX_AGE": 60,
         "CONN_HEALTH_CHECKS": True,
+        "OPTIONS": libpq_options(settings.network_timeout),
     }
 
 

@@ -159,7 +159,8 @@ class ScheduleTableScheduler(DatabaseScheduler):
         self.leadership = Leadership(client, settings.beat_leader_timeout, self.max_interval)
         self.max_interval = self.leadership.tick_interval
         # The run history is written through an engine of its own whose waits end well inside the lease.
-        self._history_engine = make_engine(settings.sqlalchemy_url, wait_limit_ms=max(500, self.leadership.ttl_ms // 3))
+        self._history_engine = make_engine(settings.sqlalchemy_url, wait_limit_ms=max(500, self.leadership.ttl_ms // 3),
+                                           network_timeout=settings.network_timeout)
         self.history = sessionmaker(bind=self._history_engine, expire_on_commit=False)
         self._connect_history()
 

@@ -17,6 +17,7 @@ from sqlalchemy.exc import SQLAlchemyError  # noqa: E402
 
 from app.core.config import TIMEZONE, Settings, get_settings  # noqa: E402
 from app.core.logging import task_result_record, write_task_result  # noqa: E402
+from app.core.network import connect_timeout, redis_options  # noqa: E402
 from app.core.database import SessionFactory, engine  # noqa: E402
 from app.core.migrations import migrate_all  # noqa: E402
 from app.services.alerts import alert_job_outcome  # noqa: E402
@@ -79,14 +80,44 @@ def celery_config(settings: Settings) -> dict:
         "worker_send_task_events": True,
         "task_send_sent_event": False,
         "worker_consumer": "app.tasks.consumer:EventBatchingConsumer",
-        "broker_transport_options": {"visibility_timeout": VISIBILITY_TIMEOUT},
+        "broker_transport_options": {"visibility_timeout": VISIBILITY_TIMEOUT,
+                                     **_redis_transport_options(settings.broker_url, settings.network_timeout)},
         "broker_connection_retry_on_startup": True,
+        # A worker cut off from the broker keeps reconnecting, however long the outage.
+        "broker_connection_max_retries": None,
+        **_result_backend_options(settings.result_backend_url, settings.network_timeout),
         # Under acks_late, a task still running when the broker connection drops is redelivered;
         # cancelling it keeps it from running twice.
         "worker_cancel_long_running_tasks_on_connection_loss": True,
         "worker_concurrency": settings.worker_concurrency,
         "include": TASK_MODULES,
     }
+
+
+def _is_tcp(url: str) -> bool:
+    return not url.startswith("redis+socket")
+
+
+def _redis_transport_options(url: str, timeout: float) -> dict:
+    """kombu's Redis transport gives a silent broker up after `timeout` (the BRPOP check included)."""
+    if not _is_tcp(url):
+        return {"socket_timeout": timeout, "health_check_interval": max(1, int(timeout / 2))}
+    return redis_options(timeout)
+
+
+def _result_backend_options(url: str, timeout: float) -> dict:
+    """The Redis result backend: bounded waits, and a result that could not be stored is stored
+    again until the backend answers, never turned into a failure of a task that succeeded."""
+    options = {
+        "redis_socket_timeout": timeout,
+        "redis_socket_connect_timeout": connect_timeout(timeout),
+        "redis_backend_health_check_interval": max(1, int(timeout / 2)),
+        "result_backend_always_retry": True,
+        "result_backend_max_sleep_between_retries_ms": 2000,
+    }
+    if _is_tcp(url):
+        options["redis_socket_keepalive"] = True
+    return options
 
 
 app = Celery("app", task_cls="app.tasks.base:AppTask")

@@ -1,17 +1,30 @@
 """The worker's consumer: task events flushed in batches instead of one publish per event, and a
-lost broker connection that never kills the worker."""
+lost broker connection that never kills the worker, is retried every few seconds, and gives the
+messages it held back to their queues once the broker answers again."""
+
+import logging
+from functools import partial
 
 from celery.worker.consumer import Consumer
+
+log = logging.getLogger(__name__)
 
 # Flower sees events this much later; the worker's main loop stops paying one Redis publish
 # (and, in kombu, one new client object) per task event.
 EVENT_FLUSH_INTERVAL = 0.1
+
+# Seconds between two tries to reach a broker that went away.
+RECONNECT_INTERVAL_MAX = 3
 
 
 class EventBatchingConsumer(Consumer):
     """Stock Consumer flushes buffered task events at the next loop turn; this waits a moment."""
 
     _event_flush_pending = False
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._abandoned: list = []  # QoS of channels lost with messages still unacked on them
 
     def on_send_event_buffered(self):
         if self.hub and not self._event_flush_pending:
@@ -30,15 +43,56 @@ class EventBatchingConsumer(Consumer):
         self._flush_events()
         super().shutdown()
 
+    def ensure_connected(self, conn):
+        """Celery reconnects with kombu's default backoff, which grows to 30 s between tries: a worker
+        back from a partition would idle up to half a minute. Try at least every few seconds."""
+        conn.ensure_connection = partial(conn.ensure_connection, interval_start=1, interval_step=1,
+                                         interval_max=RECONNECT_INTERVAL_MAX)
+        return super().ensure_connected(conn)
+
     def on_connection_error_after_connected(self, exc):
         """Celery 5.7 closes the connection after `collect()` has dropped the transport's client.
         kombu's Redis channel then needs that client (to restore unacked messages now, or to ack a
         message of the old channel later) and the AttributeError kills the worker. Collect only, as
         Celery 5.6 did: the old channel keeps its pool and acks through it once the broker is back.
         """
+        abandoned = self._task_channel_qos()
         if self.connection is not None:
             self.connection.close = _leave_open
         super().on_connection_error_after_connected(exc)
+        if abandoned is not None:
+            self._abandoned.append(abandoned)
+
+    def connect(self):
+        connection = super().connect()
+        self._give_back_abandoned()
+        return connection
+
+    def _task_channel_qos(self):
+        """The unacked bookkeeping (kombu's QoS) of the channel tasks arrive on, if connected."""
+        channel = getattr(self.task_consumer, "channel", None)
+        return getattr(channel, "qos", None)
+
+    def _give_back_abandoned(self) -> None:
+        """Put back on their queues the messages held on a lost connection, now that a new one works.
+
+        On a lost connection Celery cancels the running late-ack tasks and drops the prefetched ones
+        and the ETA retries waiting in memory; they cannot be acked on the new channel, and kombu's
+        restore at close needed the broker that had just gone away. Left alone they would wait in the
+        broker's unacked set for the whole visibility timeout (an hour). Each is given back once
+        (kombu's restore_by_tag is a transaction on the unacked hash): none is lost or doubled.
+        """
+        while self._abandoned:
+            qos = self._abandoned[0]
+            held = len(qos._delivered)
+            try:
+                qos.restore_unacked()
+            except Exception as error:  # noqa: BLE001 - the broker went away again: next connect
+                log.warning("messages held on the lost broker connection not given back yet: %s", error)
+                return
+            self._abandoned.pop(0)
+            if held:
+                log.warning("gave back %d message(s) held on the lost broker connection to their queues", held)
 
 
 def _leave_open() -> None:
