@@ -58,6 +58,8 @@ class Settings(BaseSettings):
     log_retention_days: int = Field(30, ge=1)
     disk_warn_percent: float = Field(80.0, gt=0, le=100)
     disk_critical_percent: float = Field(90.0, gt=0, le=100)
+    # Seconds between two looks at the data volumes by each worker and beat (0 = no watch).
+    disk_watch_interval: float = Field(30.0, ge=0)
     memory_warn_percent: float = Field(90.0, gt=0, le=100)
     load_warn_per_cpu: float = Field(2.0, gt=0)
     task_max_deliveries: int = Field(3, ge=1)

@@ -2,11 +2,13 @@
 
 The lease lives in the broker's own Redis, so one script checks the lease and pushes the message
 atomically: a beat that lost the lease, however long it was stalled and wherever it stalled,
-cannot publish. Only beat's publishing connection uses it; workers use the stock transport.
+cannot publish. Only beat's publishing connection uses it; workers use app/core/broker_transport.py's,
+of which this is a subclass (a broker refusing writes is an outage here too).
 """
 
-from kombu.transport import redis as redis_transport
 from kombu.utils.json import dumps
+
+from app.core import broker_transport
 
 FENCE_OPTION = "beat_fence"  # transport option: (lease key, this beat's identity)
 
@@ -23,7 +25,7 @@ class NotLeading(Exception):
     """The message was not pushed: another beat holds the leader lease (or none does)."""
 
 
-class FencedChannel(redis_transport.Channel):
+class FencedChannel(broker_transport.Channel):
     supports_batch_publish = False  # every message goes through the fenced push below
     _fenced_push = None
 
@@ -40,7 +42,7 @@ class FencedChannel(redis_transport.Channel):
             raise NotLeading(f"{identity} does not hold {lease_key}")
 
 
-class FencedTransport(redis_transport.Transport):
+class FencedTransport(broker_transport.Transport):
     Channel = FencedChannel
 
 

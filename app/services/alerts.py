@@ -50,18 +50,21 @@ def raise_incident(factory: sessionmaker, key: str, severity: str, summary: str,
     """Open an incident for `key` and alert once, or note that the open one is still going on."""
     now = now or utcnow()
     summary = summary[:SUMMARY_CHARS]
+    sent: list[bool] = []
     try:
-        return _raise_recorded(factory, key, severity, summary, now, webhook_url)
+        return _raise_recorded(factory, key, severity, summary, now, webhook_url, sent)
     except SQLAlchemyError as error:
         # Nowhere to remember it (the database is down, say): alert anyway, every time.
         log.error("incident store unavailable (%s): alerting %s without de-duplication", type(error).__name__, key)
         incident = AlertIncident(key=key, severity=severity, summary=summary, opened_at=now, last_seen_at=now)
         _log_alert(incident)
-        deliver(webhook_url, alert_message(incident, unrecorded=True))
+        if not sent:  # the store failed after the alert went out (its commit, say): sent once is enough
+            deliver(webhook_url, alert_message(incident, unrecorded=True))
         return None
 
 
-def _raise_recorded(factory, key, severity, summary, now, webhook_url) -> AlertIncident:
+def _raise_recorded(factory, key, severity, summary, now, webhook_url, sent: list | None = None) -> AlertIncident:
+    """`sent` (if given) gets an item once the alert was delivered, even if the transaction then fails."""
     with session_scope(factory) as session:
         _lock(session, key)
         incident = _open_incident(session, key)
@@ -73,6 +76,8 @@ def _raise_recorded(factory, key, severity, summary, now, webhook_url) -> AlertI
             incident.severity, incident.summary, incident.last_seen_at = severity, summary, now
         if incident.notified_at is None and deliver(webhook_url, alert_message(incident)):
             incident.notified_at = now
+            if sent is not None:
+                sent.append(True)
         return incident
 
 
@@ -80,21 +85,113 @@ def clear_incident(factory: sessionmaker, key: str, now: datetime | None = None,
                    *, webhook_url: str | None = None) -> AlertIncident | None:
     """Close the open incident of `key` with one recovery message; nothing open, nothing done."""
     try:
-        if not _is_open(factory, key):  # the common case, without taking the lock
-            return None
-        with session_scope(factory) as session:
-            _lock(session, key)
-            incident = _open_incident(session, key)
-            if incident is None:
-                return None
-            incident.closed_at = now or utcnow()
-            log.info("RECOVERED %s after %s: %s", key, _duration(incident), incident.summary)
-            if deliver(webhook_url, recovery_message(incident)):
-                incident.recovery_notified_at = incident.closed_at
-            return incident
+        return _clear_recorded(factory, key, now, webhook_url)
     except SQLAlchemyError as error:
         log.warning("incident store unavailable (%s): %s not cleared", type(error).__name__, key)
         return None
+
+
+def _clear_recorded(factory, key, now, webhook_url, notify: bool = True) -> AlertIncident | None:
+    """Close the open incident of `key`, with its recovery message unless `notify` is false."""
+    if not _is_open(factory, key):  # the common case, without taking the lock
+        return None
+    with session_scope(factory) as session:
+        _lock(session, key)
+        incident = _open_incident(session, key)
+        if incident is None:
+            return None
+        incident.closed_at = now or utcnow()
+        if notify:
+            log.info("RECOVERED %s after %s: %s", key, _duration(incident), incident.summary)
+            if deliver(webhook_url, recovery_message(incident)):
+                incident.recovery_notified_at = incident.closed_at
+        return incident
+
+
+class ProcessIncidents:
+    """The incidents one process's own watch raises and clears (the disk watch of a worker or beat).
+
+    Each is recorded in the incident store when the store answers, so the processes sharing it
+    (every worker, every beat) send one alert and one recovery between them. It is also kept in
+    this process's memory, so that when the store cannot be written (the database is on the full
+    volume, say) this process still alerts once, not at every check, and still sends the recovery.
+    Then every watching process sends its own pair, and says so in the message.
+    """
+
+    def __init__(self, factory: sessionmaker, webhook_url: str | None):
+        self.factory, self.webhook_url = factory, webhook_url
+        self.open: dict[str, _HeldIncident] = {}
+        self._recovered_unrecorded: set[str] = set()  # recovery sent, the store's row still open
+
+    def raise_(self, key: str, severity: str, summary: str, now: datetime | None = None) -> None:
+        """Open `key` once; while it is open, only an opening alert not yet accepted is sent again."""
+        now = now or utcnow()
+        summary = summary[:SUMMARY_CHARS]
+        held = self.open.get(key)
+        if held is not None:
+            if not held.notified:
+                held.notified = self._alert(held, severity, summary, now)
+            return
+        self._recovered_unrecorded.discard(key)
+        sent: list[bool] = []
+        try:
+            incident = _raise_recorded(self.factory, key, severity, summary, now, self.webhook_url, sent)
+        except SQLAlchemyError as error:
+            log.error("incident store unavailable (%s): %s kept by this process only", type(error).__name__, key)
+            incident = AlertIncident(key=key, severity=severity, summary=summary, opened_at=now, last_seen_at=now)
+            _log_alert(incident)
+            held = _HeldIncident(incident, recorded=False, notified=bool(sent))
+            if not held.notified:
+                held.notified = deliver(self.webhook_url, alert_message(incident, note=PROCESS_ONLY_NOTE))
+        else:
+            held = _HeldIncident(incident, recorded=True, notified=incident.notified_at is not None)
+        self.open[key] = held
+
+    def _alert(self, held: "_HeldIncident", severity: str, summary: str, now: datetime) -> bool:
+        if not self.webhook_url:
+            return False
+        if held.recorded:
+            try:
+                return _raise_recorded(self.factory, held.incident.key, severity, summary, now,
+                                       self.webhook_url).notified_at is not None
+            except SQLAlchemyError:
+                pass
+        return deliver(self.webhook_url, alert_message(held.incident, note=PROCESS_ONLY_NOTE))
+
+    def clear(self, key: str, now: datetime | None = None) -> None:
+        """Close `key` with one recovery message, whoever opened it; a no-op (one read) when nothing is open."""
+        now = now or utcnow()
+        held = self.open.get(key)
+        try:
+            closed = _clear_recorded(self.factory, key, now, self.webhook_url,
+                                     notify=key not in self._recovered_unrecorded)
+        except SQLAlchemyError as error:
+            if held is None:
+                return  # nothing this process opened; the store is asked again at the next check
+            log.warning("incident store unavailable (%s): %s recovered, told by this process only",
+                        type(error).__name__, key)
+            self._recover_here(held, now)
+            if held.recorded:  # its row stays open: closed without a second message once the store answers
+                self._recovered_unrecorded.add(key)
+            return
+        self._recovered_unrecorded.discard(key)
+        self.open.pop(key, None)
+        if closed is None and held is not None and not held.recorded:
+            self._recover_here(held, now)  # only ever in this process's memory: its recovery is ours to send
+
+    def _recover_here(self, held: "_HeldIncident", now: datetime) -> None:
+        self.open.pop(held.incident.key, None)
+        incident = held.incident
+        incident.closed_at = now
+        log.info("RECOVERED %s after %s: %s", incident.key, _duration(incident), incident.summary)
+        deliver(self.webhook_url, recovery_message(incident))
+
+
+@dataclass
+class _HeldIncident:
+    incident: AlertIncident
+    recorded: bool  # in the incident store (else in this process's memory only)
+    notified: bool  # the opening alert was accepted
 
 
 def _lock(session: Session, key: str) -> None:
@@ -147,7 +244,11 @@ def _duration(incident: AlertIncident) -> str:
     return f"{minutes // 60}h{minutes % 60:02d}m" if minutes >= 60 else f"{minutes}m"
 
 
-def alert_message(incident: AlertIncident, unrecorded: bool = False) -> Message:
+PROCESS_ONLY_NOTE = ("数据库不可用：本进程只告警一次，其他进程可能各发一次 / incident store unavailable: "
+                     "this process alerts once, other processes may alert once each")
+
+
+def alert_message(incident: AlertIncident, unrecorded: bool = False, note: str | None = None) -> Message:
     """The opening alert: severity, key, summary, since when (Asia/Shanghai), which host."""
     title = f"【告警 ALERT】{incident.key}"
     lines = [
@@ -161,6 +262,8 @@ def alert_message(incident: AlertIncident, unrecorded: bool = False) -> Message:
     if unrecorded:
         lines.append("**注意 Note**: 数据库不可用，每次检查都会重复告警 / "
                      "incident store unavailable: repeated every check")
+    if note:
+        lines.append(f"**注意 Note**: {note}")
     return Message(title, "\n\n".join(lines))
 
 

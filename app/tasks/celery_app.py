@@ -16,6 +16,7 @@ from kombu import Exchange, Queue as KombuQueue  # noqa: E402
 from sqlalchemy.exc import SQLAlchemyError  # noqa: E402
 
 from app.core.config import TIMEZONE, Settings, get_settings  # noqa: E402
+from app.core.broker_transport import install as install_broker_transport  # noqa: E402
 from app.core.logging import task_result_record, write_task_result  # noqa: E402
 from app.core.network import connect_timeout, redis_options  # noqa: E402
 from app.core.database import SessionFactory, engine  # noqa: E402
@@ -120,6 +121,8 @@ def _result_backend_options(url: str, timeout: float) -> dict:
     return options
 
 
+# A broker that refuses writes (full disk, out of memory, a replica) is an outage to reconnect from.
+install_broker_transport()
 app = Celery("app", task_cls="app.tasks.base:AppTask")
 app.conf.update(celery_config(get_settings()))
 
@@ -196,3 +199,6 @@ def _log_killed_task(sender=None, task_id=None, exception=None, **_):
             runtime=float(exception.args[0]) if exception.args else None, retries=0, outcome=exception,
         )
         write_task_result(get_settings().logs_path, record)
+
+
+from app.tasks import watchdog as _watchdog  # noqa: E402,F401  (a full data volume alerted without the broker)

@@ -8,6 +8,7 @@ from app.core.database import SessionFactory
 from app.services import documents
 from app.services.alerts import alert_disk
 from app.services.disk import check_disk_space as measure_disk_space, worst
+from app.services.disk_watch import data_volume_paths
 from app.services.files import cleanup_temp_files as sweep_temp_files
 from app.services.logs import rotate_logs
 from app.services.results import expire_orphaned_results
@@ -19,11 +20,12 @@ log = logging.getLogger(__name__)
 
 @app.task(**DEFAULT_POLICY)
 def check_disk_space() -> dict:
-    """Usage of the data and log volumes against DISK_WARN/CRITICAL_PERCENT; one past them is an incident."""
+    """Usage of the data and log volumes (the embedded broker's and the SQLite file's included) against
+    DISK_WARN/CRITICAL_PERCENT; one past them is an incident. A volume past critical is also reported,
+    without the broker, by the disk watch of every worker and beat (app/tasks/watchdog.py)."""
     settings = get_settings()
     volumes = measure_disk_space(
-        [settings.var_path, settings.logs_path, settings.temp_path, settings.backups_path, settings.files_path,
-         settings.reports_path],
+        data_volume_paths(settings),
         settings.disk_warn_percent,
         settings.disk_critical_percent,
     )

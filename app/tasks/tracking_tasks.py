@@ -14,6 +14,7 @@ from app.core.broker import redis_client
 from app.core.config import TIMEZONE, get_settings
 from app.core.database import SessionFactory, engine, session_scope
 from app.models.base import utcnow
+from app.services.disk_watch import data_volume_paths
 from app.services.alerts import alert_health, alert_lost_runs, alert_timeouts, overdue_references
 from app.services.carriers.kuaidi100 import Kuaidi100Client
 from app.services.evidence.status import mark_requested, missing_evidence_ids
@@ -115,7 +116,7 @@ def system_health_check() -> dict:
         ping_database=_ping_database,
         ping_broker=_ping_broker,
         ping_beat=_ping_beat,
-        data_paths=[settings.var_path, settings.logs_path],
+        data_paths=data_volume_paths(settings),
         thresholds=HealthThresholds(
             disk_warn_percent=settings.disk_warn_percent,
             disk_critical_percent=settings.disk_critical_percent,
