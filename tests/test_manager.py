@@ -67,6 +67,56 @@ def test_password_in_database_url_is_masked_in_status(embedded_project):
     assert "postgresql+psycopg2://app:***@127.0.0.1:1/none" in status.stdout
 
 
+def test_status_names_an_unreachable_database_and_exits_non_zero(embedded_project):
+    embedded_project.env["DATABASE_URL"] = "postgresql://app@127.0.0.1:1/none"
+    status = embedded_project.manager("status", "--service", "worker")
+    assert status.returncode == 3
+    assert "unreachable: database postgresql+psycopg2://app@127.0.0.1:1/none" in status.stderr
+    assert "Traceback" not in status.stderr
+
+
+def test_a_killed_embedded_broker_is_named_by_status_and_started_again(embedded_project):
+    project = embedded_project
+    assert project.manager("start", "--service", "worker").returncode == 0
+    assert project.manager("status", "--service", "worker").returncode == 0
+    broker_pid = int((project.root / "var" / "run" / "valkey.pid").read_text())
+    psutil.Process(broker_pid).kill()
+    psutil.Process(broker_pid).wait(10)
+
+    status = project.manager("status", "--service", "worker")
+    assert status.returncode == 3, status.stdout + status.stderr
+    assert "not running: embedded broker" in status.stderr
+
+    started = project.manager("start", "--service", "worker")
+    assert started.returncode == 0, started.stderr
+    assert "broker   started" in started.stdout and "worker   already running" in started.stdout
+    deadline = time.monotonic() + 30
+    while (status := project.manager("status", "--service", "worker")).returncode != 0:
+        assert time.monotonic() < deadline, f"the worker did not come back to the broker:\n{status.stderr}"
+        time.sleep(1)
+    assert project.manager("stop", "--service", "worker").returncode == 0
+
+
+def test_foreground_starts_a_killed_embedded_broker_again(embedded_project):
+    project = embedded_project
+    project.start_foreground("--service", "worker")
+    pidfile = project.root / "var" / "run" / "valkey.pid"
+    deadline = time.monotonic() + 60
+    while "started worker" not in project.output() or not pidfile.exists():
+        assert time.monotonic() < deadline and project.foreground.poll() is None, project.output()
+        time.sleep(0.2)
+    first = int(pidfile.read_text())
+    psutil.Process(first).kill()
+    while "embedded broker exited; starting it again" not in project.output():
+        assert time.monotonic() < deadline and project.foreground.poll() is None, project.output()
+        time.sleep(0.2)
+    while project.manager("status", "--service", "worker").returncode != 0:
+        assert time.monotonic() < deadline, project.output()
+        time.sleep(1)
+    assert int(pidfile.read_text()) != first
+    assert project.interrupt() == 0
+
+
 @pytest.mark.parametrize("pid_source", ["dead", "unrelated"])
 def test_stale_pid_file_does_not_block_start(embedded_project, pid_source):
     project = embedded_project

@@ -81,13 +81,14 @@ def _anything_running(settings: Settings) -> bool:
 def cmd_start(settings: Settings, args) -> int:
     names = _chosen(args, settings)
     running = [name for name in names if clear_stale_pidfile(_process(settings, name, args)).running]
-    if running and len(running) == len(names):
+    broker = _broker(settings)
+    broker_dead = bool(broker) and broker.pid() is None
+    if running and len(running) == len(names) and not broker_dead:
         pid = pid_state(_process(settings, running[0], args)).pid
         raise ManagerError(f"{', '.join(running)} already running (pid {pid}); use 'restart' or 'stop' first")
     if "beat" in names and "beat" not in running:
         _refuse_bad_schedule()
-    broker = _broker(settings)
-    if broker and broker.pid() is None:
+    if broker_dead:
         broker.start()
         print(f"broker   started (embedded, {broker.url})")
     for name in names:
@@ -160,7 +161,7 @@ def cmd_foreground(settings: Settings, args) -> int:
         for service in services:
             children[service.name] = spawn(service, detached=False)
             print(f"started {service.name} (pid {children[service.name].pid}), log {service.logfile}", flush=True)
-        exited = _wait_any(children)
+        exited = _wait_any(children, broker if started_broker else None)
         code = children[exited].returncode
         print(f"{exited} exited with code {code}; stopping the rest", file=sys.stderr, flush=True)
         return code or EXIT_ERROR
@@ -177,11 +178,16 @@ def cmd_foreground(settings: Settings, args) -> int:
             broker.stop()
 
 
-def _wait_any(children: dict) -> str:
+def _wait_any(children: dict, broker: EmbeddedBroker | None) -> str:
+    """The name of the first child to exit; an embedded broker that dies meanwhile is started again."""
     while True:
         for name, child in children.items():
             if child.poll() is not None:
                 return name
+        if broker and broker.pid() is None:
+            print("embedded broker exited; starting it again", file=sys.stderr, flush=True)
+            broker.start()
+            print(f"embedded broker ready at {broker.url}", flush=True)
         time.sleep(0.2)
 
 
@@ -244,6 +250,7 @@ def cmd_status(settings: Settings, args) -> int:
     ]
     if liveness is not None:
         facts.append(["leader", _ok(liveness.ok, "ok", "none"), liveness.detail])
+    workers = {}
     if broker_probe.ok:
         workers = inspect.worker_queues()
         facts.append(["workers", str(len(workers)), "; ".join(f"{w}: {', '.join(q)}" for w, q in workers.items()) or "none answered a ping"])
@@ -257,7 +264,28 @@ def cmd_status(settings: Settings, args) -> int:
         facts.append(["admin", f"http://{settings.admin_address}:{settings.admin_port}/admin/",
                       "log in as a user made with 'celery_beat_manager.py createsuperuser'"])
     print(table(None, facts))
-    return EXIT_OK if all(running.values()) else EXIT_STOPPED
+    problems = _status_problems(settings, running, broker_probe, database_probe, workers)
+    for problem in problems:
+        print(paint(problem, "red"), file=sys.stderr)
+    return EXIT_STOPPED if problems else EXIT_OK
+
+
+def _status_problems(settings: Settings, running: dict[str, bool], broker_probe, database_probe,
+                     workers: dict) -> list[str]:
+    """One line per service that is not running or does not answer; empty when all is well."""
+    stopped = [name for name, alive in running.items() if not alive]
+    problems = [f"not running: {', '.join(stopped)}"] if stopped else []
+    broker = _broker(settings)
+    if broker and broker.pid() is None:
+        problems.append("not running: embedded broker (start any service to start it again)")
+    elif not broker_probe.ok:
+        problems.append(f"unreachable: broker {broker_probe.detail}")
+    if not database_probe.ok:
+        problems.append(f"unreachable: database {database_probe.detail}")
+    own_worker = f"worker@{socket.gethostname()}"
+    if running.get("worker") and broker_probe.ok and own_worker not in workers:
+        problems.append(f"not answering: {own_worker} runs but did not answer a ping")
+    return problems
 
 
 def _flower_login(settings: Settings) -> str:
