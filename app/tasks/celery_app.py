@@ -201,4 +201,5 @@ def _log_killed_task(sender=None, task_id=None, exception=None, **_):
         write_task_result(get_settings().logs_path, record)
 
 
+from app.tasks import recovery as _recovery  # noqa: E402,F401  (restores a dead worker's messages at start)
 from app.tasks import watchdog as _watchdog  # noqa: E402,F401  (a full data volume alerted without the broker)
