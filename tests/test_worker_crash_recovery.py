@@ -299,3 +299,20 @@ def test_messages_held_on_a_lost_broker_connection_come_back_when_it_returns(tmp
         probe.close()
         project.kill_all()
         proxy.stop()
+
+
+def test_a_lease_lost_with_the_registry_is_taken_again_not_taken_for_a_claim(celery_app):
+    """A flushed registry (or a Redis restarted without persistence) is no claim: the worker registers
+    again and goes on, where a claimed one would exit (this test's process would be gone)."""
+    from app.tasks.recovery import REGISTRY_KEY, Recovery
+
+    recovery = Recovery(celery_app, "lease-probe@test")
+    recovery.connect()
+    recovery.register()
+    try:
+        recovery.client.zrem(REGISTRY_KEY, recovery.id)
+        recovery.renew()
+        assert recovery.client.zscore(REGISTRY_KEY, recovery.id) is not None, "registered again"
+        recovery.renew()
+    finally:
+        recovery.close()

@@ -65,6 +65,7 @@ EXIT_CODE_LEASE_LOST = 75
 REGISTRY_KEY = "app:recovery:workers"
 INFO_KEY = "app:recovery:worker:{}"
 HELD_KEY = "app:recovery:held:{}"
+CLAIMED_KEY = "app:recovery:claimed:{}"
 
 # KEYS: registry, info. ARGV: id, lease seconds, then field/value pairs of the identity.
 REGISTER = """
@@ -75,10 +76,14 @@ for i = 3, #ARGV, 2 do redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1]) end
 return tostring(t)
 """
 
-# KEYS: registry, held, unacked_index. ARGV: id, lease seconds, number of tags added, added tags...,
-# removed tags... Returns -1 when the instance was claimed (it is no longer in the registry).
+# KEYS: registry, held, unacked_index, claimed mark. ARGV: id, lease seconds, number of tags added,
+# added tags..., removed tags... Returns -1 when the instance was claimed, 0 when it is missing from
+# the registry without having been claimed (the registry was flushed, or lost in a Redis restart).
 RENEW = """
-if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then return -1 end
+if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then
+  if redis.call('EXISTS', KEYS[4]) == 1 then return -1 end
+  return 0
+end
 local now = redis.call('TIME')
 local t = tonumber(now[1]) + tonumber(now[2]) / 1000000
 redis.call('ZADD', KEYS[1], t + tonumber(ARGV[2]), ARGV[1])
@@ -91,8 +96,9 @@ for i = 4 + added, #ARGV do redis.call('HDEL', KEYS[2], ARGV[i]) end
 return 1
 """
 
-# KEYS: registry. ARGV: id, grace seconds, "force". Removes the instance if it is still registered
-# and (unless forced: its process is known to be gone) its lease expired more than grace ago.
+# KEYS: registry, claimed mark. ARGV: id, grace seconds, "force". Removes the instance if it is still
+# registered and (unless forced: its process is known to be gone) its lease expired more than grace
+# ago, and marks it claimed (the mark tells its renewal, should it come back, that it was claimed).
 CLAIM = """
 local deadline = redis.call('ZSCORE', KEYS[1], ARGV[1])
 if not deadline then return 0 end
@@ -102,6 +108,7 @@ if ARGV[3] ~= 'force' then
   if tonumber(deadline) + tonumber(ARGV[2]) > t then return 0 end
 end
 redis.call('ZREM', KEYS[1], ARGV[1])
+redis.call('SET', KEYS[2], '1', 'EX', 86400)
 return 1
 """
 
@@ -210,7 +217,8 @@ class Recovery:
         return expired_for > GRACE_SECONDS and renewing_for > GRACE_SECONDS, False
 
     def claim(self, instance: Instance, proven: bool) -> bool:
-        return bool(self._claim(keys=[REGISTRY_KEY], args=[instance.id, GRACE_SECONDS, "force" if proven else "expired"]))
+        return bool(self._claim(keys=[REGISTRY_KEY, CLAIMED_KEY.format(instance.id)],
+                                args=[instance.id, GRACE_SECONDS, "force" if proven else "expired"]))
 
     def forget(self, instance_id: str) -> None:
         self.client.delete(INFO_KEY.format(instance_id), HELD_KEY.format(instance_id))
@@ -295,10 +303,17 @@ class Recovery:
     def renew(self) -> None:
         held = self.held_tags()
         added, removed = sorted(held - self._recorded), sorted(self._recorded - held)
-        result = self._renew(keys=[REGISTRY_KEY, HELD_KEY.format(self.id), self.channel.unacked_index_key],
+        result = self._renew(keys=[REGISTRY_KEY, HELD_KEY.format(self.id), self.channel.unacked_index_key,
+                                   CLAIMED_KEY.format(self.id)],
                              args=[self.id, LEASE_SECONDS, len(added), *added, *removed])
         if result == -1:
             self.fence()
+        if result == 0:
+            log.warning("worker %s: its lease was gone from the broker without a claim (Redis flushed or "
+                        "restarted without persistence): registering again", self.nodename)
+            self.register()
+            self._recorded = set()
+            return
         self._recorded = held
         if self._streak_since is None:
             self._streak_since = time.monotonic()
@@ -410,6 +425,15 @@ def _recover_at_worker_start(sender=None, **_):
         recovery.startup_log.warning("unacked messages not restored at start: %s: %s", type(error).__name__, error)
     _current = recovery
     recovery.start()
+
+
+@signals.worker_shutdown.connect
+def _deregister_at_worker_stop(**_):
+    """The worker stopped (its process may go on: an embedded test worker): give the lease up."""
+    global _current
+    if _current is not None:
+        _current.close()
+        _current = None
 
 
 @signals.worker_ready.connect
