@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,6 +24,8 @@ from app.core.config import Settings
 from app.services.disk import CRITICAL, OK, WARN, level
 
 log = logging.getLogger(__name__)
+
+STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
 
 def data_volume_paths(settings: Settings) -> list[Path]:
     """Every directory the service writes its data to: VAR_DIR, LOGS_DIR, TEMP_DIR, BACKUPS_DIR,
@@ -115,6 +118,9 @@ class DiskWatch:
         return states
 
     def run(self) -> None:
+        # A stop signal must reach the main thread only: beat blocks SIGTERM there while it records and
+        # pushes a run (scheduler._dispatch_safely), and the kernel would hand it to this thread instead.
+        signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
         while True:
             try:
                 self.check()
