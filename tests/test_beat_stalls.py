@@ -416,8 +416,11 @@ def test_stalls_record_and_run_every_due_run_at_most_once(stall):
 
 
 def test_a_skip_job_never_overlaps_itself_through_the_stalls(stall):
+    """Except after a run that started while the run history was locked: its worker could not record
+    the start, so it blocked only as a queued run does (CELERY_BEAT_CONFIG.md §2.2, where it ends)."""
     runs = [run for run in stall["runs"] if run["name"] == "stall-nap-skip"]
-    overlapping = intervals_overlap(runs)
+    started_unrecorded = lambda run: stall["locked_at"] <= moment(run["started_at"]) <= stall["released_at"]  # noqa: E731
+    overlapping = [(a, b) for a, b in intervals_overlap(runs) if not started_unrecorded(a)]
     assert not overlapping, f"runs overlapped: {overlapping[:3]}"
 
 

@@ -72,7 +72,7 @@ def test_check_pending_tasks_polls_new_deliveries_once(worker, celery_app, deliv
     assert again == {"pending": 0, "chunks": 0, "evidence": 0}, "polled deliveries are update-tracking-status's until overdue"
 
 
-def test_check_timeout_tasks_marks_overdue_deliveries(worker, celery_app, deliveries):
+def test_check_timeout_tasks_marks_overdue_deliveries(worker, celery_app, deliveries, clean_history):
     deliveries("EMLATE001", deadline=date.today() - timedelta(days=2))
     deliveries("EMONTIME1")
     result = celery_app.send_task("app.tasks.tracking_tasks.check_timeout_tasks").get(timeout=RESULT_TIMEOUT)

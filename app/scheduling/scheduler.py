@@ -404,16 +404,20 @@ class ScheduleTableScheduler(DatabaseScheduler):
             log.warning("%s: one-off not disabled yet (%s); the next check disables it", entry.name, error)
 
     def _note_published(self) -> None:
-        """Write the publish times of the runs sent since the last idle tick, in one transaction."""
+        """Write the publish times of the runs sent since the last idle tick, in one transaction;
+        kept for the next idle tick when the history cannot be written now (a lock, say)."""
         published, self._published = self._published, []
-        self._note(mark_published, published)
+        if published and not self._note(mark_published, published):
+            self._published[:0] = published
 
-    def _note(self, record, *args) -> None:
+    def _note(self, record, *args) -> bool:
         """Bookkeeping of the history after a publish: a database error must not send a run twice."""
         try:
             record(self.history, *args)
         except SQLAlchemyError as error:
             log.warning("run history not updated: %s", error)
+            return False
+        return True
 
     def _watch_clock(self) -> None:
         """Notice the host's wall clock going back: alert, and let every job fall due from now."""
