@@ -198,8 +198,9 @@ def test_every_due_run_is_sent_once_and_run_once(scenario):
 
 def test_killed_leader_hands_over_to_the_standby(scenario):
     assert scenario["new_leader"] != scenario["leader"]
+    # The killed leader's last publish times may never have been written (a batch at its next idle tick).
     after_kill = [run for run in sent(scenario["history"], "fast-every-1s")
-                  if moment(run["sent_at"]) > scenario["killed_at"]]
+                  if run["sent_at"] and moment(run["sent_at"]) > scenario["killed_at"]]
     assert after_kill, "the new leader sends"
     assert "leading:" in scenario["beat_logs"] and scenario["new_leader"] in scenario["beat_logs"]
 
