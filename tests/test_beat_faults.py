@@ -100,8 +100,9 @@ class Scenario:
 def lost_with_the_leader(run: dict, killed_at: datetime) -> bool:
     """A run the killed leader recorded just before SIGKILL, perhaps without publishing it: beat
     writes the row before it publishes, so it is never sent twice, and the health check marks it lost."""
+    sent_at = moment(run["sent_at"])  # None: recorded, its publish time never written
     return (run["task_id"] is not None and run["started_at"] is None
-            and killed_at - timedelta(seconds=2) <= moment(run["sent_at"]) <= killed_at)
+            and (sent_at is None or killed_at - timedelta(seconds=2) <= sent_at <= killed_at))
 
 
 def run_scenario(project: Project) -> dict:
