@@ -53,7 +53,7 @@ def test_after_downtime_run_once_catches_up_once_and_skip_records_the_miss(celer
     restarted = ScheduleTableScheduler(app=celery_app, table=table)
     tick_until_idle(restarted)
     restarted.close()
-    assert sum(map(len, history().values())) == 2, "a restart neither replays nor skips again"
+    assert sum(map(len, history(table).values())) == 2, "a restart neither replays nor skips again"
 
 
 def test_a_run_within_grace_is_sent_under_either_policy(celery_app, beat_broker, clean_history):
@@ -84,14 +84,14 @@ def test_only_the_lease_holder_sends_and_it_checks_before_every_send(celery_app,
 
     tick_until_idle(leader)
     tick_until_idle(standby)
-    assert history() == {}, "nobody records, so nobody sends, while another beat holds the lease"
+    assert history(table) == {}, "nobody records, so nobody sends, while another beat holds the lease"
 
     beat_broker.delete(LEASE_KEY)
     assert leader.leadership.renew()
     due = leader.schedule["due-now"]
     beat_broker.set(LEASE_KEY, "another-host:1:ab", px=60_000)  # lost between the tick's check and the send
     leader.apply_entry(due, producer=leader.producer)
-    assert history() == {}
+    assert history(table) == {}
 
     beat_broker.delete(LEASE_KEY)
     tick_until_idle(leader)
