@@ -11,7 +11,7 @@ from app.scheduling.sync import KEPT_OPTION_KEYS, validate_entry
 from app.tasks.base import AppTask
 from app.tasks.beat_schedules import BEAT_SCHEDULE
 from app.tasks.celery_app import HARD_TIME_LIMIT, VISIBILITY_TIMEOUT, app
-from app.tasks.policies import RETRY_BACKOFF_MAX, RETRY_POLICIES
+from app.tasks.policies import RETRY_BACKOFF_MAX, RETRY_POLICIES, TRANSIENT_ERRORS
 from app.tasks.queues import Queue
 
 app.loader.import_default_modules()
@@ -137,7 +137,7 @@ def test_seed_jobs_of_this_stage_are_scheduled():
 @pytest.mark.parametrize(("policy", "retries", "base"), [("default", 3, 60), ("critical", 5, 30)])
 def test_retry_policies_follow_the_seed(policy, retries, base):
     options = RETRY_POLICIES[policy]
-    assert options["autoretry_for"] == (Exception,)
+    assert options["autoretry_for"] == TRANSIENT_ERRORS  # not the seed's (Exception,): tests/test_retry_policy.py
     assert options["retry_kwargs"] == {"max_retries": retries}
     # The seed's countdown is the backoff base (Celery ignores countdown when backoff is on).
     assert options["retry_backoff"] == base

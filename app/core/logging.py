@@ -8,6 +8,18 @@ from pathlib import Path
 
 RESULTS_LOGGER = "app.task_results"
 RESULT_PREVIEW_CHARS = 500
+# httpx logs every request at INFO with its full URL, and a robot webhook's URL carries its key
+# (`?key=…`, `?access_token=…`); their warnings and errors name no URL.
+HTTP_CLIENT_LOGGERS = ("httpx", "httpcore")
+
+
+def quiet_http_client_loggers() -> None:
+    """Keep httpx and httpcore to warnings, whatever level the worker, beat or CLI logs at."""
+    for name in HTTP_CLIENT_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+quiet_http_client_loggers()  # on import: the Celery app and app.services.alerts import this module
 
 
 def task_results_logger(logs_dir: Path) -> logging.Logger:

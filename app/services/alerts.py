@@ -8,6 +8,7 @@ WeCom (企业微信) or DingTalk (钉钉) group robot, as markdown in Chinese an
 
 import hashlib
 import logging
+import re
 import socket
 from dataclasses import dataclass
 from datetime import date, datetime
@@ -19,6 +20,7 @@ from sqlalchemy import select, text, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
+import app.core.logging  # noqa: F401  (keeps httpx from logging request URLs, which carry the robot's key)
 from app.core.config import TIMEZONE
 from app.core.database import session_scope
 from app.models import AlertIncident, Delivery
@@ -102,7 +104,7 @@ def _clear_recorded(factory, key, now, webhook_url, notify: bool = True) -> Aler
             return None
         incident.closed_at = now or utcnow()
         if notify:
-            log.info("RECOVERED %s after %s: %s", key, _duration(incident), incident.summary)
+            log.info("RECOVERED %s after %s: %s", _log_text(key), _duration(incident), _log_text(incident.summary))
             if deliver(webhook_url, recovery_message(incident)):
                 incident.recovery_notified_at = incident.closed_at
         return incident
@@ -183,7 +185,8 @@ class ProcessIncidents:
         self.open.pop(held.incident.key, None)
         incident = held.incident
         incident.closed_at = now
-        log.info("RECOVERED %s after %s: %s", incident.key, _duration(incident), incident.summary)
+        log.info("RECOVERED %s after %s: %s", _log_text(incident.key), _duration(incident),
+                 _log_text(incident.summary))
         deliver(self.webhook_url, recovery_message(incident))
 
 
@@ -229,7 +232,12 @@ def open_keys(factory: sessionmaker, prefix: str) -> set[str]:
 
 def _log_alert(incident: AlertIncident) -> None:
     level = logging.ERROR if incident.severity == CRITICAL else logging.WARNING
-    log.log(level, "ALERT %s %s: %s", incident.severity, incident.key, incident.summary)
+    log.log(level, "ALERT %s %s: %s", incident.severity, _log_text(incident.key), _log_text(incident.summary))
+
+
+def _log_text(value: str) -> str:
+    """`value` on one line: text from data never forges a log line of its own."""
+    return " ".join(value.splitlines())
 
 
 # Messages
@@ -248,16 +256,34 @@ PROCESS_ONLY_NOTE = ("数据库不可用：本进程只告警一次，其他进�
                      "this process alerts once, other processes may alert once each")
 
 
+# Markdown from data. Neither robot honours CommonMark's backslash escapes (WeCom shows `\[` as is, or
+# takes `\[...\]` for a formula), so each character that opens markup (links and images, emphasis,
+# code, HTML such as <font>, <@user> mentions, formulas) is replaced by its full-width twin, which
+# reads the same and is markup to no renderer. A line break would start a heading, list or quote.
+# `_` stays: neither robot documents `_emphasis_`, and snake_case names must stay copyable.
+MARKUP_CHARACTERS = "\\`*~[]<>@$&"
+FULL_WIDTH = str.maketrans({c: chr(ord(c) + 0xFEE0) for c in MARKUP_CHARACTERS})
+LINE_BREAKS = re.compile(r"[\r\n\v\f\x1c-\x1e\x85\u2028\u2029]+")
+LINE_BREAK_MARK = " ⏎ "
+URL_SCHEME = re.compile(r"(?<=[A-Za-z0-9])://")  # a bare http://… would be linked by the clients
+
+
+def plain_text(value: str) -> str:
+    """`value` (a reference, a name, an error text) shown as itself in a robot's markdown, on one line."""
+    one_line = LINE_BREAKS.sub(LINE_BREAK_MARK, str(value)).translate(FULL_WIDTH)
+    return URL_SCHEME.sub("\uff1a//", one_line)
+
+
 def alert_message(incident: AlertIncident, unrecorded: bool = False, note: str | None = None) -> Message:
     """The opening alert: severity, key, summary, since when (Asia/Shanghai), which host."""
-    title = f"【告警 ALERT】{incident.key}"
+    title = f"【告警 ALERT】{plain_text(incident.key)}"
     lines = [
         f"### {title}",
-        f"**级别 Severity**: {SEVERITY_WORDS.get(incident.severity, incident.severity)}",
-        f"**事件 Key**: {incident.key}",
-        f"**摘要 Summary**: {incident.summary}",
+        f"**级别 Severity**: {plain_text(SEVERITY_WORDS.get(incident.severity, incident.severity))}",
+        f"**事件 Key**: {plain_text(incident.key)}",
+        f"**摘要 Summary**: {plain_text(incident.summary)[:SUMMARY_CHARS]}",
         f"**时间 Time**: {_shanghai(incident.opened_at)} (Asia/Shanghai)",
-        f"**主机 Host**: {socket.gethostname()}",
+        f"**主机 Host**: {plain_text(socket.gethostname())}",
     ]
     if unrecorded:
         lines.append("**注意 Note**: 数据库不可用，每次检查都会重复告警 / "
@@ -269,14 +295,14 @@ def alert_message(incident: AlertIncident, unrecorded: bool = False, note: str |
 
 def recovery_message(incident: AlertIncident) -> Message:
     """The recovery: key, what it was, how long it lasted, when it cleared (Asia/Shanghai), which host."""
-    title = f"【告警恢复 RESOLVED】{incident.key}"
+    title = f"【告警恢复 RESOLVED】{plain_text(incident.key)}"
     lines = [
         f"### {title}",
-        f"**事件 Key**: {incident.key}",
-        f"**原告警 Was**: {incident.summary}",
+        f"**事件 Key**: {plain_text(incident.key)}",
+        f"**原告警 Was**: {plain_text(incident.summary)[:SUMMARY_CHARS]}",
         f"**持续 Lasted**: {_duration(incident)} (since {_shanghai(incident.opened_at)})",
         f"**恢复时间 Cleared**: {_shanghai(incident.closed_at)} (Asia/Shanghai)",
-        f"**主机 Host**: {socket.gethostname()}",
+        f"**主机 Host**: {plain_text(socket.gethostname())}",
     ]
     return Message(title, "\n\n".join(lines))
 

@@ -2,6 +2,7 @@
 
 import json
 import logging
+import re
 import socket
 import threading
 from datetime import date, datetime, timedelta, timezone
@@ -187,6 +188,15 @@ def test_without_a_webhook_every_alert_and_recovery_is_logged(factory, robot, ca
     assert incident.notified_at is None and incident.closed_at is not None
 
 
+def test_text_from_data_never_forges_a_log_line(factory, robot, caplog):
+    caplog.set_level(logging.INFO, logger="app.alerts")
+    forged = "ref-1\nERROR app.alerts RECOVERED everything"
+    raise_incident(factory, "delivery:" + forged, "warning", forged, NOW)
+    clear_incident(factory, "delivery:" + forged, NOW + timedelta(hours=1))
+    messages = [r.getMessage() for r in caplog.records if r.name == "app.alerts"]
+    assert len(messages) == 2 and not any("\n" in message for message in messages)
+
+
 def test_concurrent_raises_open_one_incident_and_send_one_alert(factory, robot):
     raisers = 6
     barrier = threading.Barrier(raisers)
@@ -341,3 +351,58 @@ def test_a_stall_of_a_job_no_longer_scheduled_is_cleared(factory, robot):
     assert incidents(factory)[0].closed_at is None
     check_stalls(factory, [], NOW + timedelta(minutes=5), robot.url())
     assert incidents(factory)[0].closed_at is not None
+
+
+# What data cannot do to a message
+
+HOSTILE_REFERENCE = "[点此处理](http://e.vil/x)"
+HOSTILE_TEXT = ("**紧急** `rm -rf` <font color=\"warning\">已签收</font> <@all> @all ![p](http://e.vil/p.png) $x$\n"
+                "# 新标题\r\n- 列表项\n> 引用 \\[公式\\] ~~删~~ &lt;b&gt;")
+MARKUP = re.compile(r"\]\(|\*\*|`|<|>|@|\$|\\|~~|&|://")
+
+
+def values(content: str) -> list[str]:
+    """The heading's text and each `**label**: value` line's value, checking the message has only those lines."""
+    heading, *lines = content.split("\n\n")
+    assert heading.startswith("### ") and "\n" not in heading, heading
+    found = [heading.removeprefix("### ")]
+    for line in lines:
+        label, separator, value = line.partition("**: ")
+        assert line.startswith("**") and separator and "\n" not in line, line
+        found.append(value)
+    return found
+
+
+def markup_in(content: str) -> list[str]:
+    return [markup for value in values(content) for markup in MARKUP.findall(value)]
+
+
+@pytest.mark.parametrize("path", [WECOM_PATH, DINGTALK_PATH])
+def test_a_hostile_reference_arrives_as_text_not_as_a_link(factory, robot, path):
+    alert_timeouts(factory, 1, [HOSTILE_REFERENCE], robot.url(path), NOW)
+    [content] = robot.contents()
+    assert markup_in(content) == []
+    assert "［点此处理］(http：//e.vil/x)" in content, "escaped, not deleted: it still reads as the reference"
+
+
+@pytest.mark.parametrize("path", [WECOM_PATH, DINGTALK_PATH])
+def test_no_value_from_data_changes_the_messages_structure(factory, robot, path):
+    alert_job_outcome(factory, HOSTILE_TEXT, "failure", RuntimeError(HOSTILE_TEXT), robot.url(path), NOW)
+    alert_job_outcome(factory, HOSTILE_TEXT, "success", {}, robot.url(path), NOW + timedelta(minutes=5))
+    alert, recovery = robot.contents()
+    for content in (alert, recovery):
+        assert markup_in(content) == [], content
+        assert len(values(content)) == 6, "a heading and five fields, however many lines the data had"
+        assert "＊＊紧急＊＊ ｀rm -rf｀ ＜font color=\"warning\"＞已签收＜/font＞ ＜＠all＞ ＠all" in content
+        assert " ⏎ # 新标题 ⏎ - 列表项 ⏎ ＞ 引用 ＼［公式＼］ ～～删～～ ＆lt;b＆gt;" in content
+    assert incidents(factory)[0].key == f"job:{HOSTILE_TEXT}", "the incident keeps the text as it was"
+    if path == DINGTALK_PATH:
+        assert MARKUP.findall(robot.messages[0]["json"]["markdown"]["title"]) == []
+
+
+def test_a_webhook_send_leaves_no_key_in_the_logs(factory, robot, caplog):
+    caplog.set_level(logging.DEBUG)
+    raise_incident(factory, "health:broker", "critical", "refused", NOW, webhook_url=robot.url())
+    raise_incident(factory, "health:database", "critical", "refused", NOW, webhook_url=robot.url(DINGTALK_PATH))
+    assert len(robot.messages) == 2
+    assert "SECRET-KEY-93" not in caplog.text and "SECRET-TOKEN-42" not in caplog.text
