@@ -124,3 +124,35 @@ def test_periodic_runs_are_recorded_and_stuck_ones_marked_lost(worker, celery_ap
         assert session.scalar(select(JobRun.outcome).where(JobRun.task_id == "stuck")) == "lost"
         assert session.scalar(select(JobRun.outcome).where(JobRun.task_id == "slow")) == "running"
         session.execute(delete(JobRun))
+
+
+def test_a_chunk_run_again_with_its_claim_time_asks_the_carrier_only_for_what_it_left(
+        worker, celery_app, deliveries, monkeypatch):
+    from app.models.base import utcnow
+    from app.services.carriers.kuaidi100 import Kuaidi100Client
+    from app.tasks import tracking_tasks
+    from tests.support.hostile_carrier import HostileCarrier
+
+    server = HostileCarrier().start()
+    client = Kuaidi100Client("C1", "K1", server.url, timeout=1.0)
+    sent = []
+    monkeypatch.setattr(tracking_tasks, "carrier_client", lambda: client)
+    monkeypatch.setattr(tracking_tasks, "send_evidence", lambda ids: sent.extend(ids) or len(ids))
+    try:
+        ids = deliveries("GOOD1", "DRIP1", "LONGLOC1")
+        chunk = {"args": [ids], "kwargs": {"claimed_at": utcnow().isoformat()}}
+        first = celery_app.send_task("app.tasks.tracking_tasks.poll_tracking_chunk", **chunk).get(timeout=RESULT_TIMEOUT)
+        assert (first["polled"], first["errors"]) == (2, 1), "the drip one fails alone, at the client's deadline"
+        assert sorted(sent) == [ids[0], ids[2]], "each delivered one's evidence sent"
+        again = celery_app.send_task("app.tasks.tracking_tasks.poll_tracking_chunk", **chunk).get(timeout=RESULT_TIMEOUT)
+        assert (again["polled"], again["skipped"], again["already_polled"]) == (0, 2, 1)
+        assert server.requests == {"GOOD1": 1, "DRIP1": 1, "LONGLOC1": 1}, "the carrier asked once per delivery"
+        assert "within the 1 s deadline" in last_errors()["DRIP1"]
+    finally:
+        client.close()
+        server.stop()
+
+
+def last_errors() -> dict[str, str | None]:
+    with session_scope() as session:
+        return {d.tracking_number: d.last_error for d in session.scalars(select(Delivery))}

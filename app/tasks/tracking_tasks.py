@@ -130,11 +130,11 @@ def system_health_check() -> dict:
     return {**report.as_dict(), "stalled_jobs": stalled}
 
 
-def _send_chunks(ids: list[int]) -> int:
+def _send_chunks(ids: list[int], claimed_at: datetime) -> int:
     """Spread claimed deliveries over the workers; called only once the claim is committed."""
     chunks = chunked(ids, get_settings().tracking_chunk_size)
     if chunks:
-        group(poll_tracking_chunk.s(chunk) for chunk in chunks).apply_async()
+        group(poll_tracking_chunk.s(chunk, claimed_at=claimed_at.isoformat()) for chunk in chunks).apply_async()
     return len(chunks)
 
 
@@ -147,24 +147,30 @@ def check_pending_tasks() -> dict:
         ids = claim(session, pending_delivery_ids(session, now, MAX_DUE_PER_RUN, OVERDUE_AFTER), now, POLL_LEASE)
         evidence_ids = missing_evidence_ids(session, now - EVIDENCE_RETRY_AFTER, MAX_EVIDENCE_PER_RUN)
         mark_requested(session, evidence_ids)
-    return {"pending": len(ids), "chunks": _send_chunks(ids), "evidence": send_evidence(evidence_ids)}
+    return {"pending": len(ids), "chunks": _send_chunks(ids, now), "evidence": send_evidence(evidence_ids)}
 
 
 @app.task(**DEFAULT_POLICY)
 def update_tracking_status() -> dict:
     """Claim every due delivery and spread them over the workers in chunks."""
+    now = utcnow()
     with session_scope() as session:
-        ids = claim_due_deliveries(session, utcnow(), MAX_DUE_PER_RUN, POLL_LEASE)
-    return {"due": len(ids), "chunks": _send_chunks(ids)}
+        ids = claim_due_deliveries(session, now, MAX_DUE_PER_RUN, POLL_LEASE)
+    return {"due": len(ids), "chunks": _send_chunks(ids, now)}
 
 
 @app.task(**DEFAULT_POLICY)
-def poll_tracking_chunk(delivery_ids: list[int]) -> dict:
-    """Poll one chunk of deliveries concurrently; a carrier error backs off only its delivery."""
+def poll_tracking_chunk(delivery_ids: list[int], claimed_at: str | None = None) -> dict:
+    """Poll one chunk concurrently; a delivered one's evidence is sent as soon as it has committed.
+
+    One delivery's carrier or data error backs off only that delivery; a retried or redelivered
+    chunk skips the deliveries polled since `claimed_at` (their outcome is stored).
+    """
     settings = get_settings()
     summary = poll_deliveries(SessionFactory, carrier_client(), carrier_rate_limit(), delivery_ids,
-                              timedelta(minutes=settings.tracking_poll_interval), settings.tracking_concurrency)
-    send_evidence(summary.delivered_ids)  # each delivery's transaction has committed by now
+                              timedelta(minutes=settings.tracking_poll_interval), settings.tracking_concurrency,
+                              on_delivered=lambda delivery_id: send_evidence([delivery_id]),
+                              polled_since=datetime.fromisoformat(claimed_at) if claimed_at else None)
     return summary.as_dict()
 
 

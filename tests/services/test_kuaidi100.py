@@ -1,13 +1,14 @@
 """The Kuaidi100 client over real HTTP against the local simulator (the production code under test)."""
 
 import json
+from datetime import datetime, timedelta
 from urllib.parse import parse_qs
 
 import httpx
 import pytest
 
 from app.services.carriers.base import CarrierConfigError, CarrierError, CarrierRequestError
-from app.services.carriers.kuaidi100 import Kuaidi100Client, sign
+from app.services.carriers.kuaidi100 import MAX_EVENT_TEXT, MAX_EVENTS, Kuaidi100Client, parse_response, sign
 from app.services.carriers.simulator import CarrierSimulator, SimulatorServer
 from app.services.errors import PermanentError
 
@@ -119,3 +120,32 @@ def test_rate_limit_answers_busy_beyond_the_limit(simulator, client):
     stats = httpx.get(simulator.url.replace("/poll/query.do", "/stats")).json()
     assert stats["requests"] == 10
     assert stats["over_limit"] == 10 - outcomes.count("ok") >= 1, "/stats reports what the clients saw"
+
+
+def _reply(events, state="0") -> str:
+    return json.dumps({"message": "ok", "state": state, "ischeck": "0", "data": events}, ensure_ascii=False)
+
+
+def test_only_the_newest_events_are_kept():
+    start = datetime(2026, 11, 1, 9)
+    events = [{"ftime": (start + timedelta(minutes=i)).strftime("%Y-%m-%d %H:%M:%S"), "context": f"e{i}"}
+              for i in reversed(range(2000))]  # newest first, as Kuaidi100 sends them
+    kept = parse_response(_reply(events)).events
+    assert [e.description for e in kept] == [f"e{i}" for i in range(2000 - MAX_EVENTS, 2000)]
+
+
+def test_event_text_is_bounded_and_cleaned():
+    [event] = parse_response(_reply([{"ftime": "2026-11-01 09:00:00", "context": "签\x00收" + "长" * 5000}])).events
+    assert len(event.description) == MAX_EVENT_TEXT and event.description.startswith("签收长")
+    assert event.description.endswith("…"), "the cut is marked"
+
+
+@pytest.mark.parametrize("state", ["999", "3.5", None, True, {"x": 1}, 10**12])
+def test_a_reply_with_an_impossible_state_fails_its_delivery(state):
+    with pytest.raises(CarrierError, match="state"):
+        parse_response(_reply([], state=state))
+
+
+def test_a_reply_whose_events_are_not_a_list_fails_its_delivery():
+    with pytest.raises(CarrierError, match="data is dict"):
+        parse_response(_reply({"ftime": "2026-11-01 09:00:00"}))

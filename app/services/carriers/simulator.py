@@ -33,7 +33,9 @@ SCRIPTS = {
 EVENT_TEXT = {0: "快件已到达【{city}转运中心】", 1: "【{city}】已揽收", 2: "快件异常，请联系快递员", 3: "已签收，签收人：本人",
               4: "退回件已签收", 5: "【{city}】派件中", 6: "快件退回中", 14: "收件人拒收"}
 CITIES = ["北京", "上海", "南京", "杭州", "深圳"]
-EPOCH = datetime(2026, 11, 1, 9, 0, tzinfo=CHINA)
+EVENT_STEP = timedelta(hours=6)
+# A number's events start this long before its first poll, so a whole script lies in the past.
+SCRIPT_SPAN = EVENT_STEP * (max(len(script) for script in SCRIPTS.values()) - 1)
 
 
 @dataclass
@@ -58,6 +60,7 @@ class CarrierSimulator:
         self.customer, self.key = customer, key
         self.error_rate, self.rate_limit, self.slow_seconds = error_rate, rate_limit, slow_seconds
         self.polls: dict[str, int] = {}
+        self.epochs: dict[str, datetime] = {}  # when each number's first event happened
         self.stats = SimulatorStats()
         self._random = random.Random(seed)
         self._lock = threading.Lock()
@@ -107,17 +110,19 @@ class CarrierSimulator:
         with self._lock:
             step = min(self.polls.get(number, 0), len(script) - 1)
             self.polls[number] = self.polls.get(number, 0) + 1
-        return 200, json.dumps(_tracking_reply(carrier, number, script[: step + 1]), ensure_ascii=False)
+            first_seen = datetime.now(CHINA).replace(minute=0, second=0, microsecond=0)
+            epoch = self.epochs.setdefault(number, first_seen - SCRIPT_SPAN)
+        return 200, json.dumps(_tracking_reply(carrier, number, script[: step + 1], epoch), ensure_ascii=False)
 
 
 def _error(code: str, message: str) -> str:
     return json.dumps({"result": False, "returnCode": code, "message": message}, ensure_ascii=False)
 
 
-def _tracking_reply(carrier: str, number: str, states: list[int]) -> dict:
+def _tracking_reply(carrier: str, number: str, states: list[int], epoch: datetime) -> dict:
     events = []
     for index, state in enumerate(states):
-        when = EPOCH + timedelta(hours=6 * index)
+        when = epoch + EVENT_STEP * index
         city = CITIES[index % len(CITIES)]
         events.append({"time": when.strftime("%Y-%m-%d %H:%M:%S"), "ftime": when.strftime("%Y-%m-%d %H:%M:%S"),
                        "context": EVENT_TEXT[state].format(city=city), "areaName": city,
