@@ -20,7 +20,9 @@ def _deliveries_parser(commands) -> None:
     add.add_argument("--deadline", help="ISO date, e.g. 2026-12-31")
     imported = actions.add_parser("import", help="register every valid row of a CSV file",
                                   description="Header: reference,recipient_name,phone,address,carrier,"
-                                              "tracking_number,deadline. Bad rows are reported by line; "
+                                              "tracking_number,deadline (every column required, a deadline may be "
+                                              "empty; other columns are ignored with a warning). UTF-8 or "
+                                              "GB18030/GBK (Excel). Bad rows are reported by line; "
                                               "rows already registered are skipped.")
     imported.add_argument("file", type=Path)
     listing = actions.add_parser("list", help="list deliveries, newest first")
@@ -107,6 +109,8 @@ def run_deliveries(args) -> int:
             if not args.file.is_file():
                 raise deliveries.DeliveryInputError(f"no such file: {args.file}")
             report = deliveries.import_csv(session, args.file)
+            for warning in report.warnings:
+                print(f"warning: {args.file.name}: {warning}", file=sys.stderr)
             for line, reason in report.errors:
                 print(f"line {line}: {reason}", file=sys.stderr)
             print(f"inserted {report.inserted}, already registered {report.duplicates}, rejected {len(report.errors)}")

@@ -128,7 +128,7 @@ def test_child_sigkilled_mid_task_is_redelivered_and_its_effect_happens_once(cel
     gate.touch()
 
     # The second start found the delivery the first had committed, and inserted nothing.
-    assert result.get(timeout=60) == {"inserted": 0, "duplicates": 1, "errors": []}
+    assert result.get(timeout=60) == {"inserted": 0, "duplicates": 1, "errors": [], "warnings": []}
     [killed, redelivered] = prefork_worker.start_pids()
     assert killed == first_pid and redelivered != first_pid
     assert registered() == 1

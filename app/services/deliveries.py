@@ -1,5 +1,6 @@
 """Registering deliveries: one by one or from a CSV file, validated, never duplicated."""
 
+import codecs
 import csv
 import re
 from collections.abc import Iterable
@@ -19,6 +20,11 @@ TRACKING_NUMBER = re.compile(r"^[A-Za-z0-9-]{5,64}$")
 PHONE = re.compile(r"^\+?[0-9][0-9 -]{5,30}$")
 LIMITS = {"reference": 64, "recipient_name": 100, "address": 500}
 BATCH = 500
+UTF8_BOM = codecs.BOM_UTF8
+# Tried in this order: strict UTF-8 rejects nearly every GBK text, so a file that decodes as UTF-8 is UTF-8.
+# GB18030 is the superset of GBK that Excel on Chinese Windows writes as "CSV (comma delimited)".
+CSV_ENCODINGS = ("utf-8", "gb18030")
+DECODE_CHUNK = 1 << 16
 
 
 class DeliveryInputError(PermanentError, ValueError):
@@ -30,6 +36,7 @@ class ImportReport:
     inserted: int = 0
     duplicates: int = 0
     errors: list[tuple[int, str]] = field(default_factory=list)  # (line number, reason)
+    warnings: list[str] = field(default_factory=list)  # e.g. a column the import ignores
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -81,24 +88,107 @@ def add_delivery(session: Session, fields: dict[str, str | None]) -> Delivery:
 
 
 def import_csv(session: Session, path: Path) -> ImportReport:
-    """Insert every valid row not already registered; report each bad row by its line number."""
+    """Insert every valid row not already registered; report each bad row by its line number.
+
+    The file is UTF-8 (with or without BOM) or GB18030/GBK, LF or CRLF. A header without one of
+    CSV_HEADER, or a file in neither encoding, is one DeliveryInputError; an unknown column is a warning.
+    """
+    encoding = csv_encoding(path)
     report = ImportReport()
-    with path.open(newline="", encoding="utf-8-sig") as handle:
-        reader = csv.DictReader(handle)
-        missing = [name for name in CSV_HEADER if name != "deadline" and name not in (reader.fieldnames or [])]
-        if missing:
-            raise DeliveryInputError(f"{path.name}: header lacks {', '.join(missing)}; expected {','.join(CSV_HEADER)}")
-        batch: list[dict] = []
-        for row in reader:
-            try:
-                batch.append(validate(row))
-            except DeliveryInputError as error:
-                report.errors.append((reader.line_num, str(error)))
-            if len(batch) >= BATCH:
-                _insert_new(session, batch, report)
-                batch = []
-        _insert_new(session, batch, report)
+    try:
+        with path.open(newline="", encoding=encoding) as handle:
+            reader = csv.DictReader(handle)
+            _check_header(path, reader, report)
+            _import_rows(session, reader, report)
+    except UnicodeDecodeError:  # it decoded a moment ago
+        raise DeliveryInputError(f"{path}: the file changed while it was imported") from None
+    except csv.Error as error:  # in the header: each row catches its own
+        raise DeliveryInputError(f"{path.name}: the header is not readable as CSV: {error}") from None
+    except OSError as error:
+        raise DeliveryInputError(f"cannot read {path}: {error.strerror or error}") from None
     return report
+
+
+def csv_encoding(path: Path) -> str:
+    """The text encoding of a CSV file: UTF-8 if it has a BOM or decodes as UTF-8, else GB18030 if it decodes."""
+    try:
+        with path.open("rb") as handle:
+            if handle.read(len(UTF8_BOM)) == UTF8_BOM:
+                bad = _first_undecodable_byte(handle, "utf-8", len(UTF8_BOM))
+                if bad is None:
+                    return "utf-8-sig"
+                raise DeliveryInputError(f"{path}: starts with a UTF-8 BOM but byte offset {bad} is not UTF-8; "
+                                         "save it again as CSV UTF-8")
+            offsets = {}
+            for encoding in CSV_ENCODINGS:
+                handle.seek(0)
+                offsets[encoding] = _first_undecodable_byte(handle, encoding)
+                if offsets[encoding] is None:
+                    return encoding
+    except OSError as error:
+        raise DeliveryInputError(f"cannot read {path}: {error.strerror or error}") from None
+    raise DeliveryInputError(f"{path}: neither UTF-8 (byte offset {offsets['utf-8']} is not) nor GB18030/GBK "
+                             f"(byte offset {offsets['gb18030']} is not); save it as CSV UTF-8")
+
+
+def _first_undecodable_byte(handle, encoding: str, position: int = 0) -> int | None:
+    """The file offset of the first byte `encoding` cannot decode from `position` on, or None; reads in chunks."""
+    decoder = codecs.getincrementaldecoder(encoding)()
+    while True:
+        chunk = handle.read(DECODE_CHUNK)
+        pending = decoder.getstate()[0]  # the start of a character cut by the previous chunk
+        try:
+            decoder.decode(chunk, final=not chunk)
+        except UnicodeDecodeError:
+            try:
+                (pending + chunk).decode(encoding)
+            except UnicodeDecodeError as error:  # decoded on its own, `start` counts from `pending`
+                return position - len(pending) + error.start
+        if not chunk:
+            return None
+        position += len(chunk)
+
+
+def _check_header(path: Path, reader: csv.DictReader, report: ImportReport) -> None:
+    """DeliveryInputError for a missing or repeated column; a warning naming each unknown one."""
+    names = [name.strip() for name in reader.fieldnames or []]
+    reader.fieldnames = names
+    missing = [name for name in CSV_HEADER if name not in names]
+    if missing:
+        raise DeliveryInputError(f"{path.name}: header lacks {', '.join(missing)}; expected {','.join(CSV_HEADER)}")
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise DeliveryInputError(f"{path.name}: header repeats {', '.join(repeated)}")
+    report.warnings += [f"unknown column {name!r} ignored" for name in names if name not in CSV_HEADER]
+
+
+def _import_rows(session: Session, reader: csv.DictReader, report: ImportReport) -> None:
+    width = len(reader.fieldnames)
+    batch: list[dict] = []
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as error:  # e.g. a field over csv.field_size_limit(); the DictReader's line_num is stale
+            report.errors.append((reader.reader.line_num, f"not readable as CSV: {error}"))
+            continue
+        try:
+            batch.append(validate(_complete(row, width)))
+        except DeliveryInputError as error:
+            report.errors.append((reader.line_num, str(error)))
+        if len(batch) >= BATCH:
+            _insert_new(session, batch, report)
+            batch = []
+    _insert_new(session, batch, report)
+
+
+def _complete(row: dict, width: int) -> dict:
+    """The row if it has as many fields as the header: more or fewer mean a shifted or cut row."""
+    count = width - sum(value is None for value in row.values()) + len(row.get(None, ()))
+    if count != width:
+        raise DeliveryInputError(f"has {count} fields, the header has {width} (an unquoted comma in a field?)")
+    return row
 
 
 def _insert_new(session: Session, rows: list[dict], report: ImportReport) -> None:

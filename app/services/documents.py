@@ -2,7 +2,8 @@
 
 A file's type comes from its first bytes, never from its name. A PDF must open with pypdf (its page
 count is recorded); an image must decode with Pillow. Anything else is rejected with a reason an
-operator can act on.
+operator can act on, which never quotes the file's content (it may be anyone's secret).
+The source is read once into a private copy; that copy is what is checked, and what is stored.
 """
 
 import errno
@@ -14,8 +15,9 @@ import struct
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
-from itertools import islice, takewhile
+from itertools import islice
 from pathlib import Path
+from typing import BinaryIO
 
 from PIL import Image
 from pypdf import PdfReader
@@ -26,7 +28,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from app.core.database import session_scope
 from app.models import Delivery, DeliveryFile, FileKind
 from app.services.errors import MissingDependencyError, PermanentError
-from app.services.filestore import StoredFile, store_copy
+from app.services.files import READ_FLAGS, open_inside
+from app.services.filestore import publish, staged_copy
 
 log = logging.getLogger(__name__)
 
@@ -83,13 +86,8 @@ HINTS = [
 def detect_type(path: Path, name: str | None = None) -> DetectedType:
     """The file's type from its first bytes; RejectedDocument if empty, too big, or not a PDF or image."""
     name = name or path.name
-    size = _regular_file_size(path)
-    if size == 0:
-        raise RejectedDocument(f"{name} is empty")
-    if size > MAX_DOCUMENT_BYTES:
-        raise RejectedDocument(f"{name} is {size / 2**20:.1f} MiB, more than the "
-                               f"{MAX_DOCUMENT_BYTES // 2**20} MiB limit")
-    with path.open("rb") as handle:
+    with _open_regular(path) as handle:
+        _check_size(os.fstat(handle.fileno()).st_size, name)
         head = handle.read(HEAD_BYTES)
     for signature, detected in SIGNATURES:
         if signature.match(head):
@@ -97,25 +95,35 @@ def detect_type(path: Path, name: str | None = None) -> DetectedType:
     raise RejectedDocument(f"{name} is not a PDF or image ({_describe(head)})")
 
 
-def _regular_file_size(path: Path) -> int:
+def _check_size(size: int, name: str) -> None:
+    if size == 0:
+        raise RejectedDocument(f"{name} is empty")
+    if size > MAX_DOCUMENT_BYTES:
+        raise RejectedDocument(f"{name} is {size / 2**20:.1f} MiB, more than the "
+                               f"{MAX_DOCUMENT_BYTES // 2**20} MiB limit")
+
+
+def _open_regular(path: Path, inbox: Path | None = None) -> BinaryIO:
+    """`path` opened for reading (only from inside `inbox` when given); PermanentError if it is no regular file."""
     try:
-        info = path.stat()
+        descriptor = open_inside(inbox, path) if inbox else os.open(path, READ_FLAGS)
     except FileNotFoundError:
         raise PermanentError(f"no such file: {path}") from None
-    if not stat.S_ISREG(info.st_mode):
+    except OSError as error:  # ELOOP or ENOTDIR: a symlink swapped into the inbox after the check
+        raise PermanentError(f"cannot read {path}: {error.strerror or error}") from None
+    handle = os.fdopen(descriptor, "rb")
+    if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+        handle.close()
         raise PermanentError(f"not a regular file: {path}")
-    return info.st_size
+    return handle
 
 
 def _describe(head: bytes) -> str:
-    """'starts with PK…: a ZIP/Office file?' — the leading bytes, and a guess at what they are."""
-    text = head.decode("utf-8", errors="replace").rstrip("\ufffd")  # a character cut at the end is still text
-    leading = "".join(takewhile(lambda c: c.isprintable() and c != "\ufffd", text))[:8]
-    description = f"starts with {leading if len(leading) >= 2 else '0x' + head[:4].hex()}…"
+    """A guess at what the leading bytes are ('a ZIP/Office file?'), never the bytes themselves."""
     hint = next((guess for pattern, guess in HINTS if pattern.match(head)), None)
-    if hint is None and _is_text(text):
+    if hint is None and _is_text(head.decode("utf-8", errors="replace").rstrip("\ufffd")):  # a cut character
         hint = "plain text?"
-    return f"{description}: {hint}" if hint else description
+    return hint or "unrecognised content"
 
 
 def _is_text(text: str) -> bool:
@@ -142,8 +150,9 @@ def _pdf_page_count(path: Path, name: str) -> int:
         except DependencyError as error:
             raise MissingDependencyError(f"{name}: reading this encrypted PDF needs the cryptography package "
                                          f"(pip install cryptography): {error}") from error
-        except PDF_READ_ERRORS as error:
-            raise RejectedDocument(f"{name} is not a readable PDF (truncated or damaged?): {error}") from error
+        except PDF_READ_ERRORS as error:  # named by type only: pypdf's messages quote the file's bytes
+            raise RejectedDocument(f"{name} is not a readable PDF (truncated or damaged? "
+                                   f"{type(error).__name__})") from None
     if pages == 0:
         raise RejectedDocument(f"{name} is a PDF without pages")
     return pages
@@ -160,21 +169,30 @@ def _verify_image(path: Path, name: str, pillow_format: str) -> None:
                 raise RejectedDocument(f"{name} is {width}x{height} pixels, more than "
                                        f"{MAX_IMAGE_PIXELS // 1_000_000} million")
             image.load()
-    except IMAGE_READ_ERRORS as error:
-        raise RejectedDocument(f"{name} is not a readable {pillow_format} image: {error}") from error
+    except IMAGE_READ_ERRORS as error:  # named by type only: Pillow's messages may quote the file's bytes
+        raise RejectedDocument(f"{name} is not a readable {pillow_format} image (truncated or damaged? "
+                               f"{type(error).__name__})") from None
 
 
 def register_document(factory: sessionmaker, files_root: Path, delivery_id: int, source_path: Path,
-                      original_name: str | None = None) -> dict:
-    """Check a PDF or image, store it by content and record it for the delivery, once."""
-    source_path = Path(source_path)
+                      original_name: str | None = None, inbox: Path | None = None) -> dict:
+    """Check a PDF or image, store it by content and record it for the delivery, once.
+
+    With `inbox`, the source must lie inside it once resolved (a relative path is taken from it);
+    without, any path this process may read.
+    """
+    source_path = inbox / source_path if inbox else Path(source_path)
     name = original_name or source_path.name
-    # 1. Fail before copying anything: unknown delivery, or a file that is no PDF or image.
+    # 1. Fail before copying anything: unknown delivery, missing file, or too big.
     with session_scope(factory) as session:
         _require_delivery(session, delivery_id)
-    document = inspect_document(source_path, name)
-    # 2. Copy into the files root (nothing is written when the same bytes are there already).
-    stored = _store(files_root, source_path, document.suffix)
+    with _open_regular(source_path, inbox) as source:
+        _check_size(os.fstat(source.fileno()).st_size, name)
+        # 2. Read the source once into a private copy, check that copy, and store that same file
+        # (nothing is written when the same bytes are there already).
+        with staged_copy(files_root, source, MAX_DOCUMENT_BYTES + 1) as staged:
+            document = inspect_document(staged.path, name)
+            stored = publish(files_root, staged, document.suffix)
     # 3. Record it, or find the row an earlier (maybe retried) registration wrote.
     with session_scope(factory) as session:
         _require_delivery(session, delivery_id, lock=True)
@@ -198,16 +216,6 @@ def _require_delivery(session: Session, delivery_id: int, lock: bool = False) ->
     query = select(Delivery.id).where(Delivery.id == delivery_id)
     if session.scalar(query.with_for_update() if lock else query) is None:
         raise PermanentError(f"no delivery {delivery_id}")
-
-
-def _store(files_root: Path, source: Path, suffix: str) -> StoredFile:
-    """store_copy, then a fresh mtime: an old unreferenced copy about to be reused must outlive any cleanup."""
-    stored = store_copy(files_root, source, suffix)
-    try:
-        os.utime(files_root / stored.path)
-    except FileNotFoundError:  # a cleanup removed the old copy in between: store it again
-        stored = store_copy(files_root, source, suffix)
-    return stored
 
 
 def _document_row(session: Session, delivery_id: int, sha256: str) -> DeliveryFile | None:

@@ -1,5 +1,7 @@
-"""Temporary-file cleanup confined to its root: never follows a symlink, never touches fresh files."""
+"""Files confined to a root: temporary-file cleanup that never follows a symlink nor touches fresh files,
+and opening a file only from inside a root."""
 
+import errno
 import logging
 import os
 import stat
@@ -7,7 +9,40 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from app.services.errors import PermanentError
+
 log = logging.getLogger(__name__)
+# O_NONBLOCK: opening a FIFO returns at once (and is refused as not a regular file) instead of waiting for a writer.
+READ_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC
+DIRECTORY_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+class OutsideRootError(PermanentError):
+    """A path that, symlinks resolved, is not inside the root it must be read from."""
+
+
+def open_inside(root: Path, path: Path) -> int:
+    """A read-only descriptor of `path`, which must lie inside `root` once its symlinks are resolved.
+
+    Each component below the root is then opened relative to its parent with O_NOFOLLOW, so a
+    symlink put in place after the check is refused (ELOOP/ENOTDIR), never followed out of the root.
+    """
+    real_root = root.resolve()
+    try:
+        resolved = path.resolve(strict=True)
+    except RuntimeError:  # a symlink loop: Python before 3.13 raises this instead of OSError
+        raise OSError(errno.ELOOP, os.strerror(errno.ELOOP), str(path)) from None
+    if not resolved.is_relative_to(real_root) or resolved == real_root:
+        raise OutsideRootError(f"{path} is not inside {root}")
+    *directories, name = resolved.relative_to(real_root).parts
+    descriptor = os.open(real_root, DIRECTORY_FLAGS)
+    try:
+        for directory in directories:
+            parent, descriptor = descriptor, os.open(directory, DIRECTORY_FLAGS, dir_fd=descriptor)
+            os.close(parent)
+        return os.open(name, READ_FLAGS | os.O_NOFOLLOW, dir_fd=descriptor)
+    finally:
+        os.close(descriptor)
 
 
 @dataclass

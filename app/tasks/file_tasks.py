@@ -59,9 +59,11 @@ def cleanup_logs() -> dict:
 
 @app.task(**DEFAULT_POLICY)
 def register_document(delivery_id: int, path: str, original_name: str | None = None) -> dict:
-    """Store a PDF or image for a delivery under the files root, once per content; reject anything else."""
-    return documents.register_document(SessionFactory, get_settings().files_path, delivery_id, Path(path),
-                                       original_name)
+    """Store a PDF or image from DOCUMENT_INBOX for a delivery under the files root, once per content;
+    reject anything else, and any path outside the inbox."""
+    settings = get_settings()
+    return documents.register_document(SessionFactory, settings.files_path, delivery_id, Path(path), original_name,
+                                       inbox=settings.document_inbox_path)
 
 
 @app.task(**DEFAULT_POLICY)

@@ -3,6 +3,7 @@
 import hashlib
 import io
 import os
+import threading
 import time
 import zipfile
 from datetime import timedelta
@@ -19,14 +20,18 @@ from app.services.documents import (
     MAX_DOCUMENT_BYTES,
     RejectedDocument,
     detect_type,
+    inspect_document,
     register_document,
     remove_unreferenced_files,
 )
 from app.services.errors import PermanentError
+from app.services.files import OutsideRootError
 from app.services.filestore import store_bytes
 from app.services.retention import remove_expired_deliveries
 
 HOUR = 3600
+SWAP_TRIES = 40
+SECRET = b"nobody:*:19876:0:99999:7:::\nS3CR3T-b7e1 \x13\x37\xbe\xef"
 
 
 def add_delivery(factory, number="EM0001", status="pending", age_days=0):
@@ -116,15 +121,15 @@ def test_detect_type_reads_the_content_not_the_name(tmp_path, pillow_format, con
 
 
 @pytest.mark.parametrize(("name", "make", "reason"), [
-    ("report.docx", docx_bytes, "report.docx is not a PDF or image (starts with PK…: a ZIP/Office file?)"),
+    ("report.docx", docx_bytes, "report.docx is not a PDF or image (a ZIP/Office file?)"),
     ("notes.pdf", lambda: "会议纪要 meeting notes\n".encode(),
-     "notes.pdf is not a PDF or image (starts with 会议纪要 mee…: plain text?)"),
+     "notes.pdf is not a PDF or image (plain text?)"),
     ("photo.pdf", lambda: b"\x00\x00\x00\x18ftypheic\x00\x00",
-     "photo.pdf is not a PDF or image (starts with 0x00000018…: a HEIC photo? export it as JPEG)"),
+     "photo.pdf is not a PDF or image (a HEIC photo? export it as JPEG)"),
     ("empty.pdf", lambda: b"", "empty.pdf is empty"),
-    ("cut.pdf", lambda: pdf_bytes()[:300], "cut.pdf is not a readable PDF (truncated or damaged?)"),
+    ("cut.pdf", lambda: pdf_bytes()[:300], "cut.pdf is not a readable PDF (truncated or damaged? "),
     ("locked.pdf", encrypted_pdf_bytes, "locked.pdf is a password-protected PDF"),
-    ("cut.jpg", lambda: image_bytes("JPEG")[:4000], "cut.jpg is not a readable JPEG image: image file is truncated"),
+    ("cut.jpg", lambda: image_bytes("JPEG")[:4000], "cut.jpg is not a readable JPEG image (truncated or damaged? OSError)"),
 ])
 def test_what_is_not_a_readable_pdf_or_image_is_rejected_and_nothing_stored(factory, files_root, tmp_path,
                                                                              name, make, reason):
@@ -214,3 +219,87 @@ def test_retention_removes_the_file_rows_of_removed_deliveries(factory, files_ro
     assert [row.delivery_id for row in file_rows(factory)] == [recent]
     with factory() as session:
         assert session.scalar(select(func.count()).select_from(Delivery)) == 1
+
+
+def test_swapping_the_source_while_attaching_never_stores_unchecked_bytes(factory, files_root, tmp_path):
+    delivery_id = add_delivery(factory)
+    pdf = write(tmp_path, "prepared.pdf", pdf_bytes(pages=300))
+    html = write(tmp_path, "prepared.html", b"<html><body>not a contract</body></html>")
+    source = write(tmp_path, "contract.pdf", pdf.read_bytes())
+    stop = threading.Event()
+
+    def swap():  # rename the HTML page over the source, then the PDF back, as fast as possible
+        while not stop.is_set():
+            for prepared in (html, pdf):
+                os.link(prepared, tmp_path / "spare")
+                os.replace(tmp_path / "spare", source)
+
+    swapper = threading.Thread(target=swap)
+    swapper.start()
+    outcomes = []
+    try:
+        for _ in range(SWAP_TRIES):
+            try:
+                outcomes.append(register_document(factory, files_root, delivery_id, source)["content_type"])
+            except RejectedDocument:
+                outcomes.append("rejected")
+    finally:
+        stop.set()
+        swapper.join()
+    rows = file_rows(factory)
+    for row in rows:
+        stored = files_root / row.path
+        assert hashlib.sha256(stored.read_bytes()).hexdigest() == row.sha256
+        assert what_it_is(stored) == (row.content_type, row.page_count), f"{row.path} is not what was recorded"
+    assert [(row.content_type, row.page_count) for row in rows] == [("application/pdf", 300)]
+    assert set(outcomes) == {"application/pdf", "rejected"}, "the swap raced the attaches: both contents were seen"
+    assert stored_files(files_root) == [rows[0].path], "no private copy is left behind"
+
+
+def what_it_is(path) -> tuple[str, int | None] | str:
+    try:
+        document = inspect_document(path)
+    except RejectedDocument:
+        return "rejected"
+    return document.content_type, document.page_count
+
+
+def leaked_runs(message: str, content: bytes) -> list[str]:
+    """Every run of 4 bytes of `content` found in `message`, as text or as hex digits."""
+    runs = [content[i:i + 4] for i in range(len(content) - 3)]
+    return [run.decode("latin-1") for run in runs if run.decode("latin-1") in message] + \
+           [run.hex() for run in runs if run.hex() in message.lower()]
+
+
+@pytest.mark.parametrize("content", [
+    SECRET,  # /etc/shadow
+    b"\x13\x37\xbe\xef" + SECRET,  # binary
+    b"%PDF-1.7\n1 0 obj\n" + SECRET + b"\nendobj\ntrailer\n<</Root 1 0 R>>\nstartxref\n9\n%%EOF\n",  # pypdf quotes it
+], ids=["text", "binary", "pdf"])
+def test_a_rejected_file_is_never_quoted_in_the_error(factory, files_root, tmp_path, content):
+    secret = write(tmp_path, "shadow", content)
+    (tmp_path / "link.pdf").symlink_to(secret)
+    with pytest.raises(RejectedDocument) as rejected:
+        register_document(factory, files_root, add_delivery(factory), tmp_path / "link.pdf")
+    assert str(rejected.value).startswith("link.pdf is not a ")
+    assert leaked_runs(str(rejected.value), content) == []
+    assert file_rows(factory) == [] and stored_files(files_root) == []
+
+
+def test_with_an_inbox_only_files_inside_it_are_read(factory, files_root, tmp_path):
+    delivery_id = add_delivery(factory)
+    inbox = tmp_path / "inbox"
+    (inbox / "scans").mkdir(parents=True)
+    write(inbox / "scans", "contract.pdf", pdf_bytes(pages=2))
+    assert register_document(factory, files_root, delivery_id, "scans/contract.pdf", inbox=inbox)["page_count"] == 2
+    outside = write(tmp_path, "shadow", SECRET)
+    (inbox / "link.pdf").symlink_to(outside)
+    (inbox / "out").symlink_to(tmp_path, target_is_directory=True)
+    for path in (outside, inbox / "link.pdf", inbox / "out" / "shadow", "../shadow", inbox):
+        with pytest.raises(OutsideRootError, match=" is not inside ") as refused:
+            register_document(factory, files_root, delivery_id, path, inbox=inbox)
+        assert leaked_runs(str(refused.value), SECRET) == []
+    (inbox / "loop.pdf").symlink_to(inbox / "loop.pdf")
+    with pytest.raises(PermanentError, match="loop.pdf: Too many levels of symbolic links$"):
+        register_document(factory, files_root, delivery_id, "loop.pdf", inbox=inbox)
+    assert len(file_rows(factory)) == 1 and len(stored_files(files_root)) == 1

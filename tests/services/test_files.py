@@ -1,11 +1,15 @@
 """Temp cleanup against real files: confined to its root, keeps fresh files, counts bytes exactly."""
 
+import collections
 import os
+import subprocess
+import sys
 import time
 
-from app.services.files import cleanup_temp_files
+from app.services.files import OutsideRootError, cleanup_temp_files, open_inside
 
 TTL = 3600
+OPEN_TRIES = 5000
 
 
 def make_file(path, size, age_seconds):
@@ -90,3 +94,39 @@ def test_unreadable_directory_is_reported_and_the_rest_cleaned(tmp_path):
     assert not (root / "old.bin").exists()
     if os.geteuid() != 0:  # root reads any directory, so there is no error to report
         assert report.errors
+
+
+SWAPPER = """
+import os, sys
+directory, aside, link = sys.argv[1:]
+while True:  # `directory` is the real directory, then a symlink to the outside one, then the real one again
+    os.rename(directory, aside)
+    os.rename(link, directory)
+    os.rename(directory, link)
+    os.rename(aside, directory)
+"""
+
+
+def test_open_inside_never_follows_a_symlink_swapped_in_after_the_check(tmp_path):
+    root, outside = tmp_path / "inbox", tmp_path / "outside"
+    (root / "scans").mkdir(parents=True)
+    outside.mkdir()
+    (root / "scans" / "scan.pdf").write_bytes(b"inside")
+    (outside / "scan.pdf").write_bytes(b"outside")
+    (root / "link").symlink_to(outside, target_is_directory=True)
+    swapper = subprocess.Popen([sys.executable, "-c", SWAPPER, root / "scans", root / "aside", root / "link"])
+    seen = collections.Counter()
+    try:
+        for _ in range(OPEN_TRIES):
+            try:
+                descriptor = open_inside(root, root / "scans" / "scan.pdf")
+            except (OSError, OutsideRootError) as error:
+                seen[type(error).__name__] += 1
+                continue
+            with os.fdopen(descriptor, "rb") as handle:
+                seen[handle.read().decode()] += 1
+    finally:
+        swapper.kill()
+        swapper.wait()
+    assert "outside" not in seen, seen
+    assert seen["inside"] and seen["OutsideRootError"], f"the swap raced the opens: {seen}"
