@@ -65,6 +65,7 @@ def main() -> None:
     os.environ.setdefault("VAR_DIR", tempfile.mkdtemp(prefix="bench-evidence-"))
     import app.tasks.celery_app  # noqa: F401  (sets Django up, as in a worker: the page template needs it)
     from app.core.config import get_settings
+    from app.services.evidence.bounds import timeline_of
     from app.services.evidence.browser import BrowserSession
     from app.services.evidence.fonts import cjk_font_path
     from app.services.evidence.receipt import build_receipt_pdf
@@ -72,6 +73,7 @@ def main() -> None:
 
     settings = get_settings()
     delivery, events = sample_delivery(args.events)
+    events = timeline_of(events)
     html = render_tracking_page(delivery, events, datetime.now(timezone.utc))
     stop, peak = threading.Event(), [0]
     threading.Thread(target=sample_peak, args=(stop, peak), daemon=True).start()

@@ -1,10 +1,12 @@
 """Receipts through a real worker on the embedded default, and `python -m app receipts` as operators run it."""
 
+import io
 import json
 import time
 from pathlib import Path
 
 import pytest
+from PIL import Image
 from sqlalchemy import delete
 from sqlalchemy.orm import sessionmaker
 
@@ -24,8 +26,8 @@ def delivered(django_db, settings):
     """Makes delivered deliveries in the in-process app's database; removes them and their rows afterwards."""
     made = []
 
-    def add(with_screenshot: bool = True) -> int:
-        made.append(add_delivered(SessionFactory, settings.files_path, with_screenshot=with_screenshot))
+    def add(with_screenshot: bool = True, screenshot: bytes | None = None) -> int:
+        made.append(add_delivered(SessionFactory, settings.files_path, screenshot, with_screenshot))
         return made[-1]
 
     yield add
@@ -83,6 +85,19 @@ def test_task_without_a_screenshot_fails_at_once_and_the_delivery_says_why(worke
     wait_until(lambda: evidence_of(delivery_id)[0] == "failed")
     assert evidence_of(delivery_id)[1] == (f"receipt: MissingScreenshotError: delivery {delivery_id} "
                                            "has no screenshot yet")
+
+
+def test_task_with_a_screenshot_too_large_to_embed_fails_at_once_saying_why(worker, celery_app, delivered, settings):
+    tall = io.BytesIO()
+    Image.new("1", (900, 40_000), 1).save(tall, "PNG")
+    delivery_id = delivered(screenshot=tall.getvalue())
+    result = celery_app.send_task(TASK, args=[delivery_id])
+    result.get(timeout=RESULT_TIMEOUT, propagate=False)
+
+    line = task_result_line(settings, result.id)
+    assert line["state"] == "FAILURE" and line["retries"] == 0, "what cannot be rendered is not retried"
+    wait_until(lambda: evidence_of(delivery_id)[0] == "failed")
+    assert evidence_of(delivery_id)[1].startswith("receipt: EvidenceTooLargeError: the screenshot is 900x40000 px")
 
 
 @pytest.fixture

@@ -13,6 +13,7 @@ from sqlalchemy import select
 
 from app.models import Delivery, DeliveryFile, TrackingEvent
 from app.services.errors import MissingDependencyError, PermanentError
+from app.services.evidence.bounds import EvidenceBounds, timeline_of
 from app.services.evidence.fonts import cjk_font_path, load_cjk_font
 from app.services.evidence.receipt import (
     MissingScreenshotError,
@@ -185,8 +186,8 @@ def test_the_same_inputs_give_the_same_pdf_bytes(font_path):
     png = screenshot_png()
 
     def build(moment):
-        return build_receipt_pdf(new_delivery(), new_events(), png, "ab" * 32, "HZ-20261102-00000001-1", moment,
-                                 font_path)
+        return build_receipt_pdf(new_delivery(), timeline_of(new_events()), png, "ab" * 32, "HZ-20261102-00000001-1",
+                                 moment, font_path)
 
     first = build(NOW)
     assert build(NOW) == first
@@ -197,8 +198,9 @@ def test_the_same_inputs_give_the_same_pdf_bytes(font_path):
 def test_long_screenshots_and_events_still_lay_out(font_path):
     events = new_events() * 30
     events[0].description = "快件在【北京转运中心】完成分拣，准备发往下一站" * 120  # longer than a page
-    pdf = build_receipt_pdf(new_delivery(), events, screenshot_png(400, 4000), "ab" * 32,
-                            "HZ-20261102-00000001-1", NOW, font_path)
+    unbounded_texts = EvidenceBounds(max_event_chars=10_000, max_total_chars=1_000_000, max_receipt_pages=1_000)
+    pdf = build_receipt_pdf(new_delivery(), timeline_of(events, unbounded_texts), screenshot_png(400, 4000), "ab" * 32,
+                            "HZ-20261102-00000001-1", NOW, font_path, unbounded_texts)
     reader = PdfReader(io.BytesIO(pdf))
     pages_with_images = [number for number, page in enumerate(reader.pages) if page.images]
     assert len(pages_with_images) == 1, "a long screenshot is shrunk onto one page"

@@ -25,11 +25,13 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from app.core.config import TIMEZONE, get_settings
 from app.core.database import session_scope
-from app.models import ArchivedDelivery, Delivery, DeliveryFile, FileKind, TrackingEvent
+from app.models import ArchivedDelivery, Delivery, DeliveryFile, FileKind
 from app.models.base import utcnow
 from app.services.carriers.kuaidi100 import COMPANY_NAMES
 from app.services.deliveries import mask_address, mask_phone
 from app.services.errors import PermanentError
+from app.services.evidence.bounds import (DEFAULT_BOUNDS, FIELD_CHARS, EvidenceBounds, EvidenceTooLargeError,
+                                          Timeline, clip, load_timeline)
 from app.services.evidence.fonts import cjk_font_path, load_cjk_font
 from app.services.evidence.status import latest_file, mark_complete
 from app.services.filestore import sha256_of_file, store_bytes
@@ -66,7 +68,7 @@ class _Inputs:
     """What a receipt is built from, read in one transaction."""
 
     delivery: Delivery
-    events: list[TrackingEvent]
+    timeline: Timeline
     screenshot: bytes
     screenshot_sha256: str
     receipt_number: str
@@ -93,8 +95,9 @@ def _styles(font: str) -> dict[str, ParagraphStyle]:
     }
 
 
-def _numbered_canvas(font: str, receipt_number: str, generated_at: datetime):
-    """A canvas class stamping "page n of N" on every page and the PDF dates from `generated_at`."""
+def _numbered_canvas(font: str, receipt_number: str, generated_at: datetime, max_pages: int):
+    """A canvas class stamping "page n of N" on every page and the PDF dates from `generated_at`;
+    EvidenceTooLargeError as soon as the document grows past `max_pages`."""
 
     class NumberedCanvas(Canvas):
         def __init__(self, *args, **kwargs):
@@ -103,6 +106,8 @@ def _numbered_canvas(font: str, receipt_number: str, generated_at: datetime):
             self._page_states = []
 
         def showPage(self):  # held back until the page count is known
+            if len(self._page_states) == max_pages:
+                raise EvidenceTooLargeError(f"the receipt would have more than {max_pages} pages")
             self._page_states.append(dict(self.__dict__))
             self._startPage()
 
@@ -134,37 +139,57 @@ def _facts(delivery: Delivery, screenshot_sha256: str, receipt_number: str, gene
             ("签收时间 Delivered at", _shanghai(delivery.delivered_at)),
             ("截图 SHA-256", screenshot_sha256),
             ("生成时间 Generated at", _shanghai(generated_at))]
-    table = Table([[Paragraph(escape(label), styles["label"]), Paragraph(escape(str(value)), styles["body"])]
+    table = Table([[Paragraph(escape(label), styles["label"]),
+                    Paragraph(escape(clip(str(value), FIELD_CHARS)), styles["body"])]
                    for label, value in rows], colWidths=[42 * mm, None])
     table.setStyle(TableStyle([("LINEBELOW", (0, 0), (-1, -1), 0.4, RULE), ("VALIGN", (0, 0), (-1, -1), "TOP")]))
     return table
 
 
-def _timeline(events: list[TrackingEvent], styles: dict) -> Table:
+def _timeline(timeline: Timeline, styles: dict) -> Table:
+    """The shown events, oldest first, after a row saying how many earlier ones are left out."""
     header = [Paragraph(text, styles["label"]) for text in ("时间 Time", "地点 Location", "详情 Description")]
     rows = [[Paragraph(_shanghai(e.occurred_at), styles["body"]), Paragraph(escape(e.location or "-"), styles["body"]),
              Paragraph(escape(e.description), styles["body"])]
-            for e in sorted(events, key=lambda e: e.occurred_at)]
+            for e in reversed(timeline.events)]
     if not rows:
         rows = [[Paragraph("-", styles["body"]), Paragraph("-", styles["body"]),
                  Paragraph("暂无物流信息 / no tracking events", styles["body"])]]
+    spans = []
+    if timeline.omitted:
+        rows.insert(0, [Paragraph(timeline.omitted_note, styles["label"]), "", ""])
+        spans = [("SPAN", (0, 1), (-1, 1))]
     # splitInRow: an event longer than a page continues on the next one instead of failing the layout.
     table = Table([header, *rows], colWidths=[36 * mm, 32 * mm, None], repeatRows=1, splitInRow=1)
     table.setStyle(TableStyle([("LINEBELOW", (0, 0), (-1, -1), 0.4, RULE), ("VALIGN", (0, 0), (-1, -1), "TOP"),
-                               ("BACKGROUND", (0, 0), (-1, 0), colors.HexColor("#f6f8fa"))]))
+                               ("BACKGROUND", (0, 0), (-1, 0), colors.HexColor("#f6f8fa")), *spans]))
     return table
 
 
-def _screenshot(png: bytes, width: float, height: float) -> Image:
-    """The screenshot at the frame's width, aspect kept; shrunk to one frame when taller than that."""
-    pixels_wide, pixels_high = PilImage.open(io.BytesIO(png)).size
+def _screenshot(png: bytes, width: float, height: float, max_pixels: int) -> Image:
+    """The screenshot at the frame's width, aspect kept; shrunk to one frame when taller than that.
+    EvidenceTooLargeError, before decoding it, when it has more than `max_pixels` pixels."""
+    try:
+        pixels_wide, pixels_high = PilImage.open(io.BytesIO(png)).size
+    except PilImage.DecompressionBombError as error:
+        raise EvidenceTooLargeError(f"the screenshot is too large to embed ({error})") from None
+    if pixels_wide * pixels_high > max_pixels:
+        raise EvidenceTooLargeError(f"the screenshot is {pixels_wide}x{pixels_high} px, over the {max_pixels} "
+                                    "pixels a receipt embeds: capture it again (regenerate=True)")
     scale = min(width / pixels_wide, height / pixels_high)
     return Image(io.BytesIO(png), width=pixels_wide * scale, height=pixels_high * scale)
 
 
-def build_receipt_pdf(delivery: Delivery, events: list[TrackingEvent], screenshot_bytes: bytes,
-                      screenshot_sha256: str, receipt_number: str, generated_at: datetime, font_path: Path) -> bytes:
-    """The receipt as PDF bytes; the same inputs give the same bytes (reportlab's invariant mode)."""
+def _timeline_heading(timeline: Timeline) -> str:
+    shown = f"，显示最新 {len(timeline.events)} 条 / newest {len(timeline.events)} shown" if timeline.omitted else ""
+    return f"物流轨迹 Tracking events（共 {timeline.total} 条{shown}，北京时间 Asia/Shanghai）"
+
+
+def build_receipt_pdf(delivery: Delivery, timeline: Timeline, screenshot_bytes: bytes, screenshot_sha256: str,
+                      receipt_number: str, generated_at: datetime, font_path: Path,
+                      bounds: EvidenceBounds = DEFAULT_BOUNDS) -> bytes:
+    """The receipt as PDF bytes; the same inputs give the same bytes (reportlab's invariant mode).
+    EvidenceTooLargeError when it would exceed `bounds` (pages, screenshot pixels)."""
     font = load_cjk_font(font_path)
     pdfmetrics.registerFont(font)
     styles = _styles(font.fontName)
@@ -179,14 +204,16 @@ def build_receipt_pdf(delivery: Delivery, events: list[TrackingEvent], screensho
         Spacer(1, 6 * mm),
         _facts(delivery, screenshot_sha256, receipt_number, generated_at, styles),
         CondPageBreak(TIMELINE_MIN_ROOM),
-        Paragraph(f"物流轨迹 Tracking events（共 {len(events)} 条，北京时间 Asia/Shanghai）", styles["heading"]),
-        _timeline(events, styles),
+        Paragraph(escape(_timeline_heading(timeline)), styles["heading"]),
+        _timeline(timeline, styles),
         KeepTogether([Paragraph("物流截图 Tracking screenshot", styles["heading"]),
                       _screenshot(screenshot_bytes, document.width - FRAME_PADDING,
-                                  document.height - FRAME_PADDING - SCREENSHOT_HEADING_ROOM),
+                                  document.height - FRAME_PADDING - SCREENSHOT_HEADING_ROOM,
+                                  bounds.max_embedded_pixels),
                       Paragraph(f"截图 SHA-256: {screenshot_sha256}", styles["small"])]),
     ]
-    document.build(story, canvasmaker=_numbered_canvas(font.fontName, receipt_number, generated_at))
+    document.build(story, canvasmaker=_numbered_canvas(font.fontName, receipt_number, generated_at,
+                                                       bounds.max_receipt_pages))
     return output.getvalue()
 
 
@@ -226,7 +253,8 @@ def receipt_number(delivery_id: int, generated_at: datetime, sequence: int) -> s
     return f"HZ-{generated_at.astimezone(SHANGHAI):%Y%m%d}-{delivery_id:08d}-{sequence}"
 
 
-def _load_inputs(factory: sessionmaker, files_root: Path, delivery_id: int, generated_at: datetime) -> _Inputs:
+def _load_inputs(factory: sessionmaker, files_root: Path, delivery_id: int, generated_at: datetime,
+                 bounds: EvidenceBounds) -> _Inputs:
     with session_scope(factory) as session:
         delivery = session.get(Delivery, delivery_id)
         if delivery is None:
@@ -234,23 +262,24 @@ def _load_inputs(factory: sessionmaker, files_root: Path, delivery_id: int, gene
         screenshot = latest_file(session, delivery_id, FileKind.SCREENSHOT)
         if screenshot is None:
             raise MissingScreenshotError(f"delivery {delivery_id} has no screenshot yet")
-        events = list(session.scalars(select(TrackingEvent).where(TrackingEvent.delivery_id == delivery_id)))
+        timeline = load_timeline(session, delivery_id, bounds)
         number = receipt_number(delivery_id, generated_at, _receipt_count(session, delivery_id) + 1)
         session.expunge_all()
-    return _Inputs(delivery, events, _screenshot_bytes(files_root, screenshot), screenshot.sha256, number)
+    return _Inputs(delivery, timeline, _screenshot_bytes(files_root, screenshot), screenshot.sha256, number)
 
 
 def generate_receipt(factory: sessionmaker, files_root: Path, delivery_id: int, regenerate: bool = False,
-                     now: datetime | None = None) -> dict:
-    """Issue the delivery's PDF receipt; an existing one is returned as it is unless `regenerate`."""
+                     now: datetime | None = None, bounds: EvidenceBounds = DEFAULT_BOUNDS) -> dict:
+    """Issue the delivery's PDF receipt; an existing one is returned as it is unless `regenerate`.
+    EvidenceTooLargeError (permanent) when even the bounded receipt exceeds `bounds`."""
     # 1. Idempotent: a receipt once issued is the receipt.
     if not regenerate and (existing := _existing_receipt(factory, delivery_id)):
         return existing
-    # 2. Build the PDF from the delivery, its events and its newest screenshot.
+    # 2. Build the PDF from the delivery, its shown events and its newest screenshot.
     generated_at = now or utcnow()
-    inputs = _load_inputs(factory, files_root, delivery_id, generated_at)
-    pdf = build_receipt_pdf(inputs.delivery, inputs.events, inputs.screenshot, inputs.screenshot_sha256,
-                            inputs.receipt_number, generated_at, cjk_font_path(get_settings()))
+    inputs = _load_inputs(factory, files_root, delivery_id, generated_at, bounds)
+    pdf = build_receipt_pdf(inputs.delivery, inputs.timeline, inputs.screenshot, inputs.screenshot_sha256,
+                            inputs.receipt_number, generated_at, cjk_font_path(get_settings()), bounds)
     # 3. Store it by content, then record it; the row is what `verify` checks files against.
     stored = store_bytes(files_root, pdf, ".pdf")
     row = DeliveryFile(delivery_id=delivery_id, kind=FileKind.RECEIPT, path=stored.path, sha256=stored.sha256,

@@ -12,10 +12,12 @@ from sqlalchemy.orm import sessionmaker
 
 from app.core.config import TIMEZONE
 from app.core.database import session_scope
-from app.models import Delivery, DeliveryFile, FileKind, TrackingEvent
+from app.models import Delivery, DeliveryFile, FileKind
 from app.models.base import utcnow
 from app.services.carriers.kuaidi100 import COMPANY_NAMES
 from app.services.errors import MissingDependencyError, PermanentError
+from app.services.evidence.bounds import (DEFAULT_BOUNDS, FIELD_CHARS, EvidenceBounds, Timeline, clip,
+                                           load_timeline, refuse_oversized_page)
 from app.services.evidence.browser import BrowserSession
 from app.services.evidence.status import latest_file
 from app.services.filestore import StoredFile, store_bytes
@@ -28,10 +30,11 @@ TEMPLATES = Engine(dirs=[str(Path(__file__).parent / "templates")], autoescape=T
 GLYPH_PAGE = ('<html><body style="margin:0;font-family:\'WenQuanYi Micro Hei\',\'Noto Sans CJK SC\',sans-serif">'
               '<div id="g" style="font-size:96px;line-height:120px;width:120px;text-align:center">{}</div></body></html>')
 GLYPH_PAIR = ("中", "国")
+PAGE_SIZE = "() => [document.documentElement.scrollWidth, document.documentElement.scrollHeight]"
 
 
 class ScreenshotError(Exception):
-    """The page hung or the browser crashed: transient, the task retries."""
+    """The page hung or the browser crashed (Playwright's TimeoutError, or its Error twice): transient, retried."""
 
 
 @dataclass(frozen=True)
@@ -45,16 +48,20 @@ def _shanghai(moment: datetime) -> str:
     return moment.astimezone(SHANGHAI).strftime("%Y-%m-%d %H:%M:%S")
 
 
-def render_tracking_page(delivery: Delivery, events: list[TrackingEvent], captured_at: datetime) -> str:
-    """The evidence page: carrier, tracking number, every event newest first, capture time (Asia/Shanghai)."""
+def render_tracking_page(delivery: Delivery, timeline: Timeline, captured_at: datetime) -> str:
+    """The evidence page: carrier, tracking number, the shown events newest first and a note of those left
+    out, capture time (Asia/Shanghai)."""
+    carrier = clip(delivery.carrier, FIELD_CHARS)
     context = {
-        "carrier": delivery.carrier,
-        "carrier_name": COMPANY_NAMES.get(delivery.carrier, delivery.carrier),
-        "tracking_number": delivery.tracking_number,
-        "reference": delivery.reference,
-        "status": delivery.status,
+        "carrier": carrier,
+        "carrier_name": COMPANY_NAMES.get(delivery.carrier, carrier),
+        "tracking_number": clip(delivery.tracking_number, FIELD_CHARS),
+        "reference": clip(delivery.reference, FIELD_CHARS),
+        "status": clip(delivery.status, FIELD_CHARS),
         "events": [{"time": _shanghai(e.occurred_at), "location": e.location, "description": e.description}
-                   for e in sorted(events, key=lambda e: e.occurred_at, reverse=True)],
+                   for e in timeline.events],
+        "total": timeline.total,
+        "omitted_note": timeline.omitted_note,
         "captured_at": _shanghai(captured_at),
     }
     return TEMPLATES.get_template("tracking_page.html").render(Context(context))
@@ -77,13 +84,16 @@ def _with_browser(browser: BrowserSession, capture):
                 raise ScreenshotError(f"Chromium failed twice: {error.message.splitlines()[0]}") from None
 
 
-def render_png(browser: BrowserSession, html: str, selector: str | None = None) -> CapturedPage:
-    """`html` rendered in the reused page and captured (the whole page, or one element)."""
+def render_png(browser: BrowserSession, html: str, selector: str | None = None,
+               bounds: EvidenceBounds = DEFAULT_BOUNDS) -> CapturedPage:
+    """`html` rendered in the reused page and captured (the whole page, or one element);
+    EvidenceTooLargeError, before any capture, when the page is larger than `bounds` allow."""
     def capture(page):
         page.set_content(html, wait_until="load")
+        size = page.evaluate(PAGE_SIZE)
+        refuse_oversized_page(*size, bounds)
         target = page.locator(selector) if selector else page
         png = target.screenshot(type="png", **({} if selector else {"full_page": True}))
-        size = page.evaluate("() => [document.documentElement.scrollWidth, document.documentElement.scrollHeight]")
         return CapturedPage(png, *size)
 
     return _with_browser(browser, capture)
@@ -103,27 +113,34 @@ def ensure_chinese_renders(browser: BrowserSession) -> None:
         browser.chinese_checked = True
 
 
-def capture_carrier_page(browser: BrowserSession, url: str) -> bytes:
-    """The carrier's own tracking page, in a page of its own."""
+def capture_carrier_page(browser: BrowserSession, url: str,
+                         bounds: EvidenceBounds = DEFAULT_BOUNDS) -> tuple[bytes, str]:
+    """The carrier's own tracking page, in a page of its own, and its name on record: the top and left of
+    a page larger than `bounds` allow, the name saying so."""
     def capture(_):
         page = browser.new_page()
         try:
             page.goto(url, wait_until="load")
-            return page.screenshot(type="png", full_page=True)
+            width, height = page.evaluate(PAGE_SIZE)
+            shown = min(width, bounds.max_page_width), min(height, bounds.max_page_height)
+            png = page.screenshot(type="png", full_page=True,
+                                  clip={"x": 0, "y": 0, "width": shown[0], "height": shown[1]})
+            cut = "" if shown == (width, height) else f" (top left {shown[0]}x{shown[1]} of {width}x{height} px)"
+            return png, f"carrier page{cut}"
         finally:
             page.close()
 
     return _with_browser(browser, capture)
 
 
-def _load(factory: sessionmaker, delivery_id: int) -> tuple[Delivery, list[TrackingEvent]]:
+def _load(factory: sessionmaker, delivery_id: int, bounds: EvidenceBounds) -> tuple[Delivery, Timeline]:
     with session_scope(factory) as session:
         delivery = session.get(Delivery, delivery_id)
         if delivery is None:
             raise PermanentError(f"no delivery {delivery_id}")
-        events = list(session.scalars(select(TrackingEvent).where(TrackingEvent.delivery_id == delivery_id)))
+        timeline = load_timeline(session, delivery_id, bounds)
         session.expunge_all()
-        return delivery, events
+        return delivery, timeline
 
 
 def _file_summary(row: DeliveryFile, existing: bool) -> dict:
@@ -145,21 +162,26 @@ def _recorded(session, delivery_id: int, stored: StoredFile, name: str) -> Deliv
 
 
 def capture_tracking_screenshot(factory: sessionmaker, files_root: Path, browser: BrowserSession, delivery_id: int,
-                                carrier_page_url: str | None = None, regenerate: bool = False) -> dict:
-    """Capture and store the delivery's evidence page; an existing screenshot is kept unless `regenerate`."""
+                                carrier_page_url: str | None = None, regenerate: bool = False,
+                                bounds: EvidenceBounds = DEFAULT_BOUNDS) -> dict:
+    """Capture and store the delivery's evidence page; an existing screenshot is kept unless `regenerate`.
+    The summary says how many events the page shows of how many stored, and how many texts it cut."""
     if not regenerate:
         with session_scope(factory) as session:
             if existing := latest_file(session, delivery_id, FileKind.SCREENSHOT):
                 return _file_summary(existing, existing=True)
-    delivery, events = _load(factory, delivery_id)
+    delivery, timeline = _load(factory, delivery_id, bounds)
     ensure_chinese_renders(browser)
     rows = []
     if carrier_page_url:
         url = carrier_page_url.format(carrier=delivery.carrier, tracking_number=delivery.tracking_number)
-        rows.append((store_bytes(files_root, capture_carrier_page(browser, url), ".png"), "carrier page"))
-    page = render_png(browser, render_tracking_page(delivery, events, utcnow()))
+        png, name = capture_carrier_page(browser, url, bounds)
+        rows.append((store_bytes(files_root, png, ".png"), name))
+    page = render_png(browser, render_tracking_page(delivery, timeline, utcnow()), bounds=bounds)
     rows.append((store_bytes(files_root, page.png, ".png"), "tracking timeline"))
     with session_scope(factory) as session:
         stored = [_recorded(session, delivery_id, f, name) for f, name in rows]
-        log.info("screenshot of delivery %d stored (%s, %d bytes)", delivery_id, stored[-1].sha256[:12], stored[-1].size)
-        return {**_file_summary(stored[-1], existing=False), "width": page.width, "height": page.height}
+        log.info("screenshot of delivery %d stored (%s, %d bytes, %d of %d events)", delivery_id,
+                 stored[-1].sha256[:12], stored[-1].size, len(timeline.events), timeline.total)
+        return {**_file_summary(stored[-1], existing=False), "width": page.width, "height": page.height,
+                **timeline.summary()}
