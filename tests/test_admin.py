@@ -114,3 +114,14 @@ def test_a_job_made_in_the_admin_follows_stock_policy_until_one_is_saved_there(e
         page.wait_for_selector(".messagelist .success")
     assert listed_policy() == {"overlap": "skip", "missed": "run_once", "grace": 300.0, "jitter": 0.0}
     project.manager("stop", "--service", "all")
+
+
+def test_createsuperuser_refuses_a_weak_password(embedded_project):
+    project = embedded_project
+    project.env["DJANGO_SUPERUSER_PASSWORD"] = "x"
+    refused = project.manager("createsuperuser", "--no-input", "--username", "ops")
+    assert refused.returncode == 1 and "DJANGO_SUPERUSER_PASSWORD refused" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    project.env["DJANGO_SUPERUSER_PASSWORD"] = PASSWORD
+    created = project.manager("createsuperuser", "--no-input", "--username", "ops")
+    assert created.returncode == 0, "the refused user was never created: the name is still free"

@@ -106,3 +106,31 @@ def test_a_malformed_webhook_url_is_named_without_its_key(monkeypatch):
         load_settings()
     assert "ALERT_WEBHOOK_URL must be an http:// or https:// robot URL" in str(error.value)
     assert "SECRET" not in str(error.value)
+
+
+@pytest.mark.parametrize("variable", ["DATABASE_URL", "CELERY_BROKER_URL", "CELERY_RESULT_BACKEND"])
+@pytest.mark.parametrize("url", [
+    "mysql://ops:hunter2@db.internal/app",  # unsupported scheme
+    "postgresql://ops:hunter2@db.internal:fivefour/app",  # a port that is not a number
+    "postgresql://ops:hunt/er2@db.internal:5432/app",  # an unencoded '/' in the password
+    "postgresql://ops:hunter2@[db.internal/app",  # unparsable host
+    "ops:hunter2@db.internal/app",  # no scheme
+])
+def test_a_bad_url_is_reported_without_its_password(monkeypatch, variable, url):
+    monkeypatch.setenv(variable, url)
+    with pytest.raises(ConfigError) as raised:
+        load_settings()
+    message = str(raised.value)
+    assert variable in message and "ops:***@" in message
+    assert "hunt" not in message and "er2" not in message
+
+
+def test_a_celery_worker_reports_a_bad_database_url_without_its_password(tmp_path):
+    env = {"PATH": "/usr/bin:/bin", "VAR_DIR": str(tmp_path), "DATABASE_URL": "postgresql://ops:hunter2@db:54x2/app"}
+    result = subprocess.run(
+        [sys.executable, "-m", "celery", "-A", "app.tasks.celery_app", "worker"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode != 0
+    assert "DATABASE_URL: malformed URL 'postgresql://ops:***@db:54x2/app'" in result.stderr
+    assert "hunter2" not in result.stderr + result.stdout and "Traceback" not in result.stderr

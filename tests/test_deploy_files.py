@@ -15,6 +15,7 @@ from celery import Celery
 
 from app.core.config import Settings
 from app.manager.cli import build_parser, cmd_migrate
+from app.manager.processes import FLOWER_APP, service_process
 from app.tasks.celery_app import HARD_TIME_LIMIT, SOFT_TIME_LIMIT
 from app.tasks.queues import Queue
 
@@ -29,6 +30,7 @@ WORKERS = ["celery_worker_high", "celery_worker_tracking", "celery_worker_eviden
 APP_SERVICES = ["migrate", *WORKERS, "celery_beat", "flower", "admin"]
 UNITS = ["celery-beat.service", "celery-worker@.service", "celery-flower.service", "celery-admin.service"]
 FLOWER_LOGIN = "ops:s3cret"
+POSTGRES_PASSWORD = "pg-s3cret"
 DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(h|ms|m|s)")
 DURATION_SECONDS = {"h": 3600, "m": 60, "s": 1, "ms": 0.001}
 
@@ -82,12 +84,15 @@ def env_example() -> dict[str, str]:
     return dict(pairs)
 
 
-def docker_compose(*args: str, env_file: Path, flower_login: str | None) -> subprocess.CompletedProcess:
-    """docker-compose on the compose file, seeing only `env_file` and the login given."""
+def docker_compose(*args: str, env_file: Path, flower_login: str | None,
+                   postgres_password: str | None = POSTGRES_PASSWORD) -> subprocess.CompletedProcess:
+    """docker-compose on the compose file, seeing only `env_file` and the secrets given."""
     names = substituted_variables() | passed_through_variables()
     env = {name: value for name, value in os.environ.items() if name not in names}
     if flower_login:
         env["FLOWER_BASIC_AUTH"] = flower_login
+    if postgres_password:
+        env["POSTGRES_PASSWORD"] = postgres_password
     return subprocess.run(["docker-compose", "--env-file", str(env_file), "-f", str(COMPOSE_FILE), *args],
                           env=env, capture_output=True, text=True, timeout=60)
 
@@ -135,7 +140,15 @@ def test_compose_file_is_valid_and_substitutes_the_environment(empty_env_file):
     services = yaml.safe_load(result.stdout)["services"]
     assert services["flower"]["environment"]["FLOWER_BASIC_AUTH"] == FLOWER_LOGIN
     database_url = services["celery_beat"]["environment"]["DATABASE_URL"]
-    assert database_url == "postgresql://celery:celery@postgres:5432/celery_beat"
+    assert database_url == f"postgresql://celery:{POSTGRES_PASSWORD}@postgres:5432/celery_beat"
+    assert services["postgres"]["environment"]["POSTGRES_PASSWORD"] == POSTGRES_PASSWORD
+
+
+@needs_docker_compose
+def test_compose_refuses_to_start_without_a_database_password(empty_env_file):
+    result = docker_compose("config", env_file=empty_env_file, flower_login=FLOWER_LOGIN, postgres_password=None)
+    assert result.returncode != 0
+    assert "POSTGRES_PASSWORD must be set" in result.stderr
 
 
 @needs_docker_compose
@@ -146,13 +159,13 @@ def test_compose_refuses_to_start_without_a_flower_login(empty_env_file):
 
 
 @needs_docker_compose
-def test_compose_accepts_env_example_once_the_flower_login_is_set():
-    refused = docker_compose("config", env_file=ENV_EXAMPLE, flower_login=None)
-    assert "FLOWER_BASIC_AUTH must be set" in refused.stderr
+def test_compose_accepts_env_example_once_the_secrets_are_set():
+    refused = docker_compose("config", env_file=ENV_EXAMPLE, flower_login=None, postgres_password=None)
+    assert "must be set" in refused.stderr and refused.returncode != 0
     filled = docker_compose("config", env_file=ENV_EXAMPLE, flower_login=FLOWER_LOGIN)
     assert filled.returncode == 0, filled.stderr
     environment = yaml.safe_load(filled.stdout)["services"]["admin"]["environment"]
-    assert environment["DATABASE_URL"] == "postgresql://celery:change-me@postgres:5432/celery_beat"
+    assert environment["DATABASE_URL"] == f"postgresql://celery:{POSTGRES_PASSWORD}@postgres:5432/celery_beat"
     assert environment["TRACKING_PROVIDER"] == env_example()["TRACKING_PROVIDER"]
 
 
@@ -177,6 +190,13 @@ def test_exactly_one_beat():
 @pytest.mark.parametrize("service", [name for name in APP_SERVICES if name not in ("migrate", "admin")])
 def test_every_celery_app_module_imports(service):
     assert_celery_app_module(words(service))
+
+
+def test_every_flower_runs_on_the_app_module_that_throttles_its_login():
+    manager_argv = service_process(Settings(_env_file=None), "flower").argv
+    unit_argv = shlex.split(unit("celery-flower.service")["Service"]["ExecStart"])
+    for argv in (words("flower"), unit_argv, manager_argv):
+        assert option(argv, "-A") == FLOWER_APP and argv[argv.index("-A") + 2] == "flower", argv
 
 
 def test_migrate_runs_a_real_manager_command_once():

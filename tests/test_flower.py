@@ -40,10 +40,12 @@ def test_flower_shows_our_worker_and_tasks_behind_a_login(embedded_project):
         assert started.returncode == 0, started.stdout + started.stderr
     auth = generated_credentials(project)
     assert not any(auth[1] in " ".join(p.cmdline()) for p in project.processes()), "the password is not in ps"
-    status = project.manager("status", "--service", "flower").stdout
-    assert f"user {auth[0]}, password {auth[1]}" in status, "status shows the generated login"
+    status = project.manager("status", "--service", "flower")
+    assert auth[1] not in status.stdout + status.stderr, "status never prints the password"
+    assert f"user {auth[0]}, password in {project.root / 'var' / 'flower_credentials'}" in status.stdout
 
     assert flower_get(project, "/api/workers").status_code == 401
+    assert flower_get(project, "/metrics").status_code == 401
     assert flower_get(project, "/", auth=("admin", "wrong")).status_code == 401
     workers = wait_for_json(project, "/api/workers?refresh=1", auth, lambda body: body)
     assert any(name.startswith("worker@") for name in workers)

@@ -12,6 +12,7 @@ from urllib.parse import urlsplit
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 TIMEZONE = "Asia/Shanghai"
@@ -21,18 +22,39 @@ DATABASE_SCHEMES = ("postgresql", "postgresql+psycopg2", "postgres", "sqlite")
 SIMULATOR_ACCOUNT = ("SIMULATOR", "simulator-key")
 # A unix socket path must fit in sockaddr_un.sun_path (108 bytes on Linux).
 MAX_SOCKET_PATH = 100
+# Files and directories a process of the service creates are its user's alone (var/ holds phones and addresses).
+PRIVATE_UMASK = 0o077
 
 
 class ConfigError(Exception):
     """A setting is missing or malformed; the message is one line naming the variable."""
 
 
+def masked_url(url: str) -> str:
+    """`url` with whatever may be its password (between the user's ':' and the host's '@') as ***.
+
+    Works on malformed URLs too (no scheme, an unencoded '/' or '@' in the password): it never parses.
+    """
+    scheme, separator, rest = url.partition("://")
+    if not separator:
+        scheme, rest = "", url
+    userinfo, at, host = rest.rpartition("@")
+    user, colon, _password = userinfo.partition(":")
+    return f"{scheme}{separator}{user}:***@{host}" if at and colon else url
+
+
 def _check_url(name: str, value: str | None, schemes: tuple[str, ...]) -> str | None:
     if value is None:
         return None
-    scheme = urlsplit(value).scheme
-    if scheme not in schemes:
-        raise ValueError(f"{name}: unsupported URL {value!r}; expected one of {', '.join(s + '://' for s in schemes)}")
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - raises on a port that is not a number
+    except ValueError:  # its message may quote part of a password: not shown
+        raise ValueError(f"{name}: malformed URL {masked_url(value)!r}; the port must be a number and "
+                         "special characters in a password (@ : / ? #) percent-encoded") from None
+    if parts.scheme not in schemes:
+        raise ValueError(f"{name}: unsupported URL {masked_url(value)!r}; "
+                         f"expected one of {', '.join(s + '://' for s in schemes)}")
     return value
 
 
@@ -52,6 +74,7 @@ class Settings(BaseSettings):
     backups_dir: Path | None = None
     files_dir: Path | None = None  # screenshots, receipts and documents, stored by content
     reports_dir: Path | None = None  # report HTML and CSV files
+    document_inbox: Path | None = None  # the only directory register_document tasks read files from
 
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     temp_file_ttl_hours: float = Field(24.0, gt=0)
@@ -74,6 +97,11 @@ class Settings(BaseSettings):
     flower_port: int = Field(5555, ge=1, le=65535)
     flower_basic_auth: str | None = None  # user:password[,user2:password2]; unset = generated under var/
     flower_auth_disabled: bool = False  # serve Flower without a login (only behind an authenticating proxy)
+    flower_metrics_open: bool = False  # serve Flower's /metrics without its login (a scraper that cannot send one)
+    # Failed logins (admin, Flower) one address may make, each within LOGIN_LOCKOUT_SECONDS of the one
+    # before, before it is refused with 429, right password or not, until that time passes.
+    login_failure_limit: int = Field(5, ge=1)
+    login_lockout_seconds: float = Field(60.0, ge=1)
     admin_address: str = "127.0.0.1"
     admin_port: int = Field(8000, ge=1, le=65535)
     admin_allowed_hosts: str = "127.0.0.1,localhost"  # Host names the admin answers to, comma-separated
@@ -129,7 +157,13 @@ class Settings(BaseSettings):
     @classmethod
     def _database_scheme(cls, value):
         value = _check_url("DATABASE_URL", value, DATABASE_SCHEMES)
-        if value and urlsplit(value).scheme == "sqlite" and make_url(value).database in (None, "", ":memory:"):
+        if value is None:
+            return None
+        try:
+            url = make_url(value)
+        except (ArgumentError, ValueError):  # its message may quote the URL, password and all
+            raise ValueError(f"DATABASE_URL: malformed URL {masked_url(value)!r}") from None
+        if url.get_backend_name() == "sqlite" and url.database in (None, "", ":memory:"):
             # Beat, workers and the admin are separate processes: they can only share a file.
             raise ValueError("DATABASE_URL: sqlite:///path needs a file path (sqlite:////absolute/app.db)")
         return value
@@ -193,6 +227,10 @@ class Settings(BaseSettings):
         return self.reports_dir or self.var_path / "reports"
 
     @property
+    def document_inbox_path(self) -> Path:
+        return self.document_inbox or self.var_path / "inbox"
+
+    @property
     def run_path(self) -> Path:
         """PID files and the embedded broker's socket; kept short enough for a unix socket."""
         run = self.var_path / "run"
@@ -250,7 +288,8 @@ def _describe(error: ValidationError) -> str:
     if first["loc"]:
         variable = str(first["loc"][0]).upper()
         if not message.startswith(variable):
-            message = f"{variable}: {message} (got {first.get('input')!r})"
+            value = first.get("input")
+            message = f"{variable}: {message} (got {masked_url(value) if isinstance(value, str) else value!r})"
     return message
 
 
@@ -265,7 +304,12 @@ def load_settings() -> Settings:
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
-    """The process-wide settings; exits with one clear line when they are malformed."""
+    """The process-wide settings; exits with one clear line when they are malformed.
+
+    Every process of the service reads them first, so this is also where it makes the files it
+    creates from then on private to its user (logs, the SQLite database, everything under var/).
+    """
+    os.umask(PRIVATE_UMASK)
     try:
         return load_settings()
     except ConfigError as error:

@@ -1,6 +1,7 @@
 """Django settings: Django hosts django-celery-beat's tables and the schedule admin, nothing else."""
 
 import secrets
+from datetime import timedelta
 
 from sqlalchemy.engine import make_url
 
@@ -61,6 +62,7 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "django_celery_beat",
     "app.scheduling",
+    "axes",  # login throttling: its failed-attempt table lives in the same database
 ]
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
@@ -71,7 +73,23 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "axes.middleware.AxesMiddleware",  # last, as django-axes requires: turns a lock-out into a 429
 ]
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",  # first: refuses a locked-out address before any password check
+    "django.contrib.auth.backends.ModelBackend",
+]
+# LOGIN_FAILURE_LIMIT failed logins from one address, each within LOGIN_LOCKOUT_SECONDS of the one
+# before, lock that address out (429, right password or not) until LOGIN_LOCKOUT_SECONDS pass; any
+# login attempt meanwhile starts the time again. The address is REMOTE_ADDR: behind a proxy, all share one.
+# A success does not clear the count (axes' default): behind a shared address, it would clear a guesser's too.
+AXES_FAILURE_LIMIT = _settings.login_failure_limit
+AXES_COOLOFF_TIME = timedelta(seconds=_settings.login_lockout_seconds)
+AXES_LOCKOUT_PARAMETERS = ["ip_address"]
+AXES_DISABLE_ACCESS_LOG = True  # only failures are kept, and only until they expire: the table stays small
+AUTH_PASSWORD_VALIDATORS = [{"NAME": f"django.contrib.auth.password_validation.{name}"} for name in (
+    "UserAttributeSimilarityValidator", "MinimumLengthValidator", "CommonPasswordValidator",
+    "NumericPasswordValidator")]
 TEMPLATES = [{
     "BACKEND": "django.template.backends.django.DjangoTemplates",
     "APP_DIRS": True,

@@ -10,7 +10,7 @@ import threading
 import time
 
 from app.core.broker import BrokerError, EmbeddedBroker
-from app.core.config import PROJECT_ROOT, ConfigError, Settings, load_settings
+from app.core.config import PRIVATE_UMASK, PROJECT_ROOT, ConfigError, Settings, load_settings
 from app.manager import inspect
 from app.manager.output import confirm, human_bytes, human_duration, paint, table
 from app.manager.processes import (
@@ -293,8 +293,8 @@ def _flower_login(settings: Settings) -> str:
         return paint("no login (FLOWER_AUTH_DISABLED=true)", "yellow")
     if settings.flower_basic_auth:
         return f"user {settings.flower_basic_auth.split(':')[0]}, password as set in FLOWER_BASIC_AUTH"
-    user, _, password = flower_credentials(settings).partition(":")
-    return f"user {user}, password {password} (generated; {flower_credentials_path(settings)})"
+    user = flower_credentials(settings).partition(":")[0]
+    return f"user {user}, password in {flower_credentials_path(settings)} (generated)"
 
 
 def _ok(ok: bool, good: str, bad: str) -> str:
@@ -511,6 +511,8 @@ def cmd_createsuperuser(settings: Settings, args) -> int:
         raise ManagerError("no terminal to ask for the password: pass --no-input, --username and "
                            "DJANGO_SUPERUSER_PASSWORD")
     migrate_all()
+    if args.no_input:  # Django checks the password against AUTH_PASSWORD_VALIDATORS only when it asks for it
+        _refuse_weak_password(args.username, os.environ["DJANGO_SUPERUSER_PASSWORD"])
     try:
         call_command("createsuperuser", interactive=not args.no_input, username=args.username,
                      email=args.email, verbosity=0)
@@ -518,6 +520,17 @@ def cmd_createsuperuser(settings: Settings, args) -> int:
         raise ManagerError(str(error)) from None
     print(f"admin user created; log in at http://{settings.admin_address}:{settings.admin_port}/admin/")
     return EXIT_OK
+
+
+def _refuse_weak_password(username: str, password: str) -> None:
+    from django.contrib.auth import get_user_model
+    from django.contrib.auth.password_validation import validate_password
+    from django.core.exceptions import ValidationError
+
+    try:
+        validate_password(password, get_user_model()(username=username))
+    except ValidationError as error:
+        raise ManagerError(f"DJANGO_SUPERUSER_PASSWORD refused: {' '.join(error.messages)}") from None
 
 
 def cmd_clear(settings: Settings, args) -> int:
@@ -675,6 +688,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    os.umask(PRIVATE_UMASK)  # what the manager creates (var/, logs/, PID files) is its user's only
     try:
         settings = load_settings()
         return args.handler(settings, args)

@@ -13,10 +13,11 @@ from pathlib import Path
 
 import psutil
 
-from app.core.config import PROJECT_ROOT, Settings
+from app.core.config import PRIVATE_UMASK, PROJECT_ROOT, Settings
 from app.tasks.queues import Queue
 
 CELERY_APP = "app.tasks.celery_app"
+FLOWER_APP = "app.manager.flower_login"  # the same app, with Flower's login throttled
 SERVICES = ("simulator", "worker", "beat", "flower", "admin")
 READY_TIMEOUT = 90.0
 BEAT_STOP_TIMEOUT = 30.0
@@ -126,10 +127,10 @@ def service_process(settings: Settings, name: str, loglevel: str = "info",
                               _log_says(" ready."), WORKER_STOP_TIMEOUT, (CELERY_APP, "worker"))
     if name == "flower":
         logfile = logs / "flower.log"
-        argv = _watched(logfile, "celery", "-A", CELERY_APP, "flower", f"--address={settings.flower_address}",
+        argv = _watched(logfile, "celery", "-A", FLOWER_APP, "flower", f"--address={settings.flower_address}",
                         f"--port={settings.flower_port}", f"--logging={loglevel}")
         return ServiceProcess("flower", argv, run / "flower.pid", logfile, run / "flower.console",
-                              _port_open(settings.flower_port), FLOWER_STOP_TIMEOUT, (CELERY_APP, "flower"),
+                              _port_open(settings.flower_port), FLOWER_STOP_TIMEOUT, (FLOWER_APP, "flower"),
                               lambda: flower_environment(settings))
     if name == "admin":
         logfile = logs / "admin.log"
@@ -186,14 +187,16 @@ def clear_stale_pidfile(service: ServiceProcess) -> PidState:
 def spawn(service: ServiceProcess, detached: bool) -> subprocess.Popen:
     """Start `service` in its own session and write its PID file.
 
-    Detached, its stdout/stderr go to its console file; attached, to this terminal.
+    Detached, its stdout/stderr go to its console file; attached, to this terminal. The files it
+    creates are its user's only, whatever umask the manager was started with.
     """
     for path in (service.pidfile.parent, service.logfile.parent):
         path.mkdir(parents=True, exist_ok=True)
     output = service.console.open("w") if detached else None
     try:
         child = subprocess.Popen(service.argv, stdin=subprocess.DEVNULL, stdout=output, stderr=output,
-                                 start_new_session=True, env={**os.environ, **service.environment()}, cwd=PROJECT_ROOT)
+                                 start_new_session=True, env={**os.environ, **service.environment()}, cwd=PROJECT_ROOT,
+                                 umask=PRIVATE_UMASK)
     finally:
         if output:
             output.close()
