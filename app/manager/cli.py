@@ -10,7 +10,7 @@ import threading
 import time
 
 from app.core.broker import BrokerError, EmbeddedBroker
-from app.core.config import PRIVATE_UMASK, PROJECT_ROOT, ConfigError, Settings, load_settings
+from app.core.config import PRIVATE_UMASK, PROJECT_ROOT, ConfigError, Settings, load_settings, masked_url
 from app.manager import inspect
 from app.manager.output import confirm, human_bytes, human_duration, paint, table
 from app.manager.processes import (
@@ -494,7 +494,7 @@ def cmd_migrate(settings: Settings, args) -> int:
     from app.core.migrations import migrate_all
 
     migrate_all()
-    print(f"database schema up to date ({inspect.mask_url(settings.sqlalchemy_url)})")
+    print(f"database schema up to date ({masked_url(settings.sqlalchemy_url)})")
     return EXIT_OK
 
 

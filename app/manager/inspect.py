@@ -1,12 +1,11 @@
 """What `status` and `check` look at: broker, database, migrations, workers, queues. No printing."""
 
 from dataclasses import dataclass
-from urllib.parse import urlsplit, urlunsplit
 
 import redis
 
 from app.core.broker import redis_client
-from app.core.config import Settings
+from app.core.config import Settings, masked_url
 from app.tasks.queues import Queue
 
 # kombu's Redis transport keeps each priority level of a queue in its own list.
@@ -20,21 +19,12 @@ class Probe:
     detail: str
 
 
-def mask_url(url: str) -> str:
-    """The URL with any password replaced by ***."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return urlunsplit(parts._replace(netloc=netloc))
-
-
 def probe_broker(settings: Settings) -> Probe:
     try:
         redis_client(settings.broker_url, socket_timeout=2, socket_connect_timeout=2).ping()
     except (redis.RedisError, OSError) as error:
-        return Probe(False, f"{mask_url(settings.broker_url)}: {error}")
-    return Probe(True, mask_url(settings.broker_url))
+        return Probe(False, f"{masked_url(settings.broker_url)}: {error}")
+    return Probe(True, masked_url(settings.broker_url))
 
 
 def beat_liveness(settings: Settings):
@@ -58,8 +48,8 @@ def probe_database(settings: Settings) -> Probe:
         with engine.connect() as connection:
             connection.execute(text("SELECT 1"))
     except SQLAlchemyError as error:
-        return Probe(False, f"{mask_url(settings.sqlalchemy_url)}: {str(error).splitlines()[0]}")
-    return Probe(True, mask_url(settings.sqlalchemy_url))
+        return Probe(False, f"{masked_url(settings.sqlalchemy_url)}: {str(error).splitlines()[0]}")
+    return Probe(True, masked_url(settings.sqlalchemy_url))
 
 
 def pending_migrations() -> list[str]:

@@ -62,7 +62,7 @@ def _publish(partial: Path, target: Path) -> None:
         os.utime(target)
     except FileNotFoundError:
         target.parent.mkdir(parents=True, exist_ok=True)
-        os.chmod(partial, 0o640)
+        os.chmod(partial, 0o600)
         os.replace(partial, target)
     else:
         partial.unlink()

@@ -98,6 +98,7 @@ def test_pdf_registers_with_page_count_and_an_identical_copy(factory, files_root
                       "content_type": "application/pdf", "page_count": 3, "original_name": "contract.pdf",
                       "duplicate": False}
     assert (files_root / result["path"]).read_bytes() == data, "the stored copy is byte-identical"
+    assert (files_root / result["path"]).stat().st_mode & 0o077 == 0, "readable by its owner only"
     [row] = file_rows(factory)
     assert (row.kind, row.path, row.page_count) == ("document", result["path"], 3)
 
