@@ -21,23 +21,13 @@ import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-import psutil
 
+from evidence import sample_peak
 from scratch_postgres import admin_connection, recreate_database
 
 ROOT = Path(__file__).resolve().parents[1]
 HUGE_TEXT_CHARS = 5 * 2**20
 SCRATCH_DATABASE = "bench_evidence_bounds"
-
-
-def sample_peak(stop: threading.Event, peak: list[int]) -> None:
-    me = psutil.Process()
-    while not stop.is_set():
-        try:
-            peak[0] = max(peak[0], sum(p.memory_info().rss for p in [me, *me.children(recursive=True)]))
-        except psutil.Error:
-            pass
-        time.sleep(0.1)
 
 
 def add_delivery(factory, events: int, huge_text: bool) -> int:

@@ -4,7 +4,6 @@ The tasks below are registered when this module is collected, before the session
 """
 
 import socket
-import time
 from collections import Counter
 
 import httpx
@@ -27,6 +26,7 @@ from app.services.evidence.screenshot import ScreenshotError
 from app.tasks.celery_app import app
 from app.tasks.policies import RETRY_POLICIES, TRANSIENT_ERRORS
 from tests.support.test_tasks import FAST_RETRY_POLICY
+from tests.test_alert_tasks import eventually, job_outcome
 
 RESULT_TIMEOUT = 60
 JOB = "test-retry-policy-job"
@@ -95,20 +95,6 @@ def fail_once_with(self, kind):
     if self.request.retries == 0:
         raise TRANSIENT[kind]()
     return {"attempts": self.request.retries + 1}
-
-
-def eventually(read, timeout=10):
-    """What `read` returns once it is truthy (the worker records a job's end just after its result)."""
-    deadline = time.monotonic() + timeout
-    while not (value := read()):
-        assert time.monotonic() < deadline, "not recorded in time"
-        time.sleep(0.05)
-    return value
-
-
-def job_outcome(task_id) -> str | None:
-    with session_scope() as session:
-        return session.scalar(select(JobRun.outcome).where(JobRun.task_id == task_id, JobRun.finished_at.is_not(None)))
 
 
 def open_job_incident() -> AlertIncident | None:

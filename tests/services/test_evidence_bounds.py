@@ -20,6 +20,7 @@ from app.services.evidence.receipt import build_receipt_pdf, generate_receipt
 from app.services.evidence.screenshot import capture_carrier_page, capture_tracking_screenshot
 from app.services.filestore import sha256_of_file
 from tests.services.test_receipt import add_delivered, new_delivery, screenshot_png
+from tests.services.test_screenshot import decoded
 from tests.support.browser import chromium_path
 
 EVENTS = 100_000
@@ -56,12 +57,6 @@ def oversized_delivery(factory) -> int:
         session.connection().execute(TrackingEvent.__table__.insert(), rows)  # Core: twice as fast as the ORM
         session.commit()
         return delivery.id
-
-
-def decoded(png: bytes) -> Image.Image:
-    image = Image.open(io.BytesIO(png))
-    image.load()
-    return image
 
 
 def squeezed(text: str) -> str:
