@@ -1,9 +1,11 @@
-"""Fixtures of the service tests: a session factory on a fresh database, a files root."""
+"""Fixtures of the service tests: a session factory on a fresh database, a files root, a browser."""
 
 import pytest
 from sqlalchemy.orm import sessionmaker
 
 from app.core.migrations import upgrade_app_schema
+from app.services.evidence.browser import BrowserSession
+from tests.support.browser import chromium_path
 
 
 @pytest.fixture
@@ -16,3 +18,12 @@ def factory(sa_engine):
 @pytest.fixture
 def files_root(tmp_path):
     return tmp_path / "files"
+
+
+@pytest.fixture(scope="module")
+def browser(settings):
+    """One headless Chromium for a test module; skips, naming the package, where Chromium is missing."""
+    chromium_path()
+    session = BrowserSession(settings)
+    yield session
+    session.close()

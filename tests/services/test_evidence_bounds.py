@@ -14,14 +14,12 @@ from sqlalchemy import select
 from app.models import Delivery, DeliveryFile, TrackingEvent
 from app.services.errors import PermanentError
 from app.services.evidence.bounds import DEFAULT_BOUNDS, EvidenceBounds, EvidenceTooLargeError, timeline_of
-from app.services.evidence.browser import BrowserSession
 from app.services.evidence.fonts import cjk_font_path
 from app.services.evidence.receipt import build_receipt_pdf, generate_receipt
 from app.services.evidence.screenshot import capture_carrier_page, capture_tracking_screenshot
 from app.services.filestore import sha256_of_file
 from tests.services.test_receipt import add_delivered, new_delivery, screenshot_png
 from tests.services.test_screenshot import decoded
-from tests.support.browser import chromium_path
 
 EVENTS = 100_000
 HUGE_TEXT = "x" * (5 * 2**20)  # 5 MB with no place to break a line
@@ -29,14 +27,6 @@ START = datetime(2026, 1, 1, tzinfo=timezone.utc)
 CUT_MARK = f"…(已截断，原文 {len(HUGE_TEXT)} 字 / truncated, {len(HUGE_TEXT)} characters)"
 MAX_PNG_BYTES = 4 * 2**20
 MAX_PDF_BYTES = 8 * 2**20
-
-
-@pytest.fixture(scope="module")
-def browser(settings):
-    chromium_path()  # skips, naming the package, where Chromium is missing
-    session = BrowserSession(settings)
-    yield session
-    session.close()
 
 
 @pytest.fixture(scope="module")

@@ -26,14 +26,6 @@ from app.services.filestore import sha256_of_file
 from tests.support.browser import browser_processes, chromium_path
 
 
-@pytest.fixture(scope="module")
-def browser(settings):
-    chromium_path()  # skips, naming the package, where Chromium is missing
-    session = BrowserSession(settings)
-    yield session
-    session.close()
-
-
 def delivered(factory) -> int:
     with factory() as session:
         delivery = Delivery(reference="（2026）京0105民初123号", recipient_name="张三", phone="13800138000",
