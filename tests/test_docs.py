@@ -124,7 +124,11 @@ def test_visibility_timeout_is_documented(doc):
 
 
 def _policy_literal(name: str, options: dict) -> str:
+    from app.tasks.policies import TRANSIENT_ERRORS
+
     def literal(value) -> str:
+        if value == TRANSIENT_ERRORS:
+            return "TRANSIENT_ERRORS"
         if isinstance(value, tuple):
             return "(" + ", ".join(item.__name__ for item in value) + ",)"
         return repr(value)
@@ -137,6 +141,14 @@ def test_retry_policies_are_documented_verbatim(doc):
 
     for name, options in RETRY_POLICIES.items():
         assert _policy_literal(name, options) in doc, f"the {name!r} policy block differs from policies.py"
+
+
+def test_every_transient_error_is_named_in_the_retry_table(doc):
+    from app.tasks.policies import TRANSIENT_ERRORS
+
+    table = doc.split("`TRANSIENT_ERRORS`", 1)[1].split("\n\n", 2)[1]
+    missing = [error.__name__ for error in TRANSIENT_ERRORS if f"{error.__name__}`" not in table]
+    assert not missing, f"not in the table after TRANSIENT_ERRORS: {missing}"
 
 
 def test_every_settings_field_is_documented_as_an_environment_variable(doc):
