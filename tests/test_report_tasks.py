@@ -8,7 +8,7 @@ import pytest
 from sqlalchemy import delete, select
 
 from app.core.database import session_scope
-from app.models import Delivery, Report
+from app.models import Delivery, Report, TrackingEvent
 from tests.support.app_cli import run_app
 from tests.test_receipt_tasks import task_result_line
 
@@ -20,16 +20,20 @@ REPORT_DAY = "2020-02-29"
 
 @pytest.fixture
 def leap_day_deliveries(django_db, settings):
-    """Two deliveries created on REPORT_DAY in Shanghai, one delivered; removed with the report afterwards."""
+    """Two deliveries created on REPORT_DAY in Shanghai, both collected 4 hours before, one delivered 20 hours
+    after; removed with the report afterwards."""
     created = datetime(2020, 2, 29, 0, 30, tzinfo=SHANGHAI).astimezone(timezone.utc)
     rows = [Delivery(reference=f"REPORT-{n}", recipient_name="张三", phone="13800138000", address="北京市",
                      carrier="ems", tracking_number=f"RPT{n:09d}", status=status, created_at=created,
-                     updated_at=created, delivered_at=created + timedelta(hours=20) if status == "delivered" else None)
+                     updated_at=created, delivered_at=created + timedelta(hours=20) if status == "delivered" else None,
+                     events=[TrackingEvent(occurred_at=created - timedelta(hours=4), description="【北京市】已揽收",
+                                           carrier_status="揽收", fingerprint="collected")])
             for n, status in enumerate(("delivered", "in_transit"))]
     with session_scope() as session:
         session.add_all(rows)
     yield
     with session_scope() as session:
+        session.execute(delete(TrackingEvent).where(TrackingEvent.delivery_id.in_([row.id for row in rows])))
         session.execute(delete(Delivery).where(Delivery.id.in_([row.id for row in rows])))
         session.execute(delete(Report).where(Report.kind == "daily", Report.period_start == date(2020, 2, 29)))
     for suffix in ("html", "csv"):
@@ -47,7 +51,8 @@ def test_daily_task_writes_the_report_of_the_given_day(worker, celery_app, leap_
     with session_scope() as session:
         report = session.scalars(select(Report).where(Report.kind == "daily")
                                  .where(Report.period_start == date(2020, 2, 29))).one()
-        assert report.data["time_to_delivery_hours"] == {"median": 20.0, "p90": 20.0}
+        # From the collection, 4 hours before registration, to the signing.
+        assert report.data["time_to_delivery_hours"] == {"median": 24.0, "p90": 24.0}
     assert task_result_line(settings, result.id)["queue"] == "low_priority"
 
 

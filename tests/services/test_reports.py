@@ -2,6 +2,7 @@
 
 import csv
 import random
+import re
 import statistics
 from datetime import date, datetime, timedelta, timezone
 from zoneinfo import ZoneInfo
@@ -9,7 +10,7 @@ from zoneinfo import ZoneInfo
 import pytest
 from sqlalchemy import func, select
 
-from app.models import Delivery, DeliveryFile, JobRun, Report
+from app.models import Delivery, DeliveryFile, JobRun, Report, TrackingEvent
 from app.services.reports import generate_report, last_ended_period, period_bounds, report_details
 
 SHANGHAI = ZoneInfo("Asia/Shanghai")
@@ -27,25 +28,73 @@ def shanghai(*fields) -> datetime:
 
 
 def delivery(n: int, carrier: str, status: str, created: datetime, delivered: datetime | None = None,
-             updated: datetime | None = None) -> dict:
+             updated: datetime | None = None, collected: datetime | None = None, events: list | None = None) -> dict:
+    """A delivery row; `collected` adds a collection event (揽收), `events` any others as (time, text, status)."""
+    if collected is not None:
+        events = [(collected, "【北京市】已揽收", "揽收")] + (events or [])
+    if delivered is not None and events:
+        events = events + [(delivered, "已签收，签收人：本人", "签收")]
     return {"reference": f"CASE-{n}", "recipient_name": "张三", "phone": "13800138000", "address": "北京市朝阳区",
             "carrier": carrier, "tracking_number": f"T{n:08d}", "status": status, "created_at": created,
-            "delivered_at": delivered, "updated_at": updated or delivered or created}
+            "delivered_at": delivered, "updated_at": updated or delivered or created, "collected_at": collected,
+            "events": events or []}
+
+
+def delivery_model(row: dict) -> Delivery:
+    """The Delivery of a seed row, with its tracking events."""
+    columns = {key: value for key, value in row.items() if key not in ("collected_at", "events")}
+    events = [TrackingEvent(occurred_at=when, description=text, carrier_status=status, fingerprint=f"{i}")
+              for i, (when, text, status) in enumerate(row["events"])]
+    return Delivery(**columns, events=events)
 
 
 def edge_deliveries() -> list[dict]:
     """Times at Shanghai midnights and bucket bounds, where a UTC day or an off-by-one would show."""
     return [
         delivery(9001, "ems", "pending", shanghai(2026, 10, 31, 23, 59, 59)),  # October in Shanghai, not November
-        delivery(9002, "ems", "delivered", shanghai(2026, 11, 1, 0, 0, 0), shanghai(2026, 11, 2, 0, 0, 0)),  # 24 h
-        delivery(9003, "sf", "delivered", shanghai(2026, 11, 15, 7, 30), shanghai(2026, 11, 16, 0, 10)),  # UTC: 14th
-        delivery(9004, "sf", "delivered", shanghai(2026, 11, 3, 8, 0), shanghai(2026, 11, 5, 8, 0)),  # exactly 48 h
-        delivery(9005, "yto", "delivered", shanghai(2026, 11, 30, 23, 59, 59), shanghai(2026, 12, 1, 0, 0, 0)),
-        delivery(9006, "yto", "delivered", shanghai(2026, 10, 20, 9, 0), shanghai(2026, 11, 1, 0, 0, 30)),  # 12 days
+        delivery(9002, "ems", "delivered", shanghai(2026, 11, 1, 0, 0, 0), shanghai(2026, 11, 2, 0, 0, 0),  # 24 h
+                 collected=shanghai(2026, 11, 1, 0, 0, 0)),
+        delivery(9003, "sf", "delivered", shanghai(2026, 11, 15, 7, 30), shanghai(2026, 11, 16, 0, 10),  # UTC: 14th
+                 collected=shanghai(2026, 11, 15, 7, 30)),
+        delivery(9004, "sf", "delivered", shanghai(2026, 11, 3, 8, 0), shanghai(2026, 11, 5, 8, 0),  # exactly 48 h
+                 collected=shanghai(2026, 11, 3, 8, 0)),
+        delivery(9005, "yto", "delivered", shanghai(2026, 11, 30, 23, 59, 59), shanghai(2026, 12, 1, 0, 0, 0),
+                 collected=shanghai(2026, 11, 30, 23, 59, 59)),
+        delivery(9006, "yto", "delivered", shanghai(2026, 10, 20, 9, 0), shanghai(2026, 11, 1, 0, 0, 30),  # 12 days
+                 collected=shanghai(2026, 10, 20, 9, 0)),
         delivery(9007, "ems", "timeout", shanghai(2026, 10, 1, 9, 0), updated=shanghai(2026, 11, 1, 0, 0, 1)),
         delivery(9008, "ems", "failed", shanghai(2026, 10, 1, 9, 0), updated=shanghai(2026, 10, 31, 23, 59)),
         delivery(9009, "sf", "in_transit", shanghai(2026, 9, 1, 9, 0)),  # in transit now, whatever its period
     ]
+
+
+# What the carrier's record of a signed delivery holds, by weight: see seeded_signing.
+RECORDS = {"collected": 12, "collected_by_text": 3, "awaiting_then_collected": 3, "imported_after_signing": 6,
+           "no_events": 2, "no_collection_event": 2, "signed_before_collection": 1}
+
+
+def seeded_signing(n: int, rng: random.Random, posted: datetime) -> dict:
+    """A signed delivery whose carrier record is one of RECORDS; registered here before or after its events."""
+    record = rng.choices(list(RECORDS), list(RECORDS.values()))[0]
+    collected = posted + timedelta(minutes=rng.randrange(0, 12 * 60))
+    delivered = collected + timedelta(minutes=rng.randrange(30, 10 * 24 * 60))
+    scan = (collected + (delivered - collected) / 2, "快件已到达【上海转运中心】", "在途")
+    # Registered here around posting, or imported up to 20 days after signing.
+    imported = delivered + timedelta(minutes=rng.randrange(20 * 24 * 60))
+    created = imported if record == "imported_after_signing" else posted
+    row = delivery(n, rng.choice(CARRIERS), "delivered", created, delivered, collected=collected, events=[scan])
+    if record == "collected_by_text":  # EMS's wording, no status field
+        row["events"][0] = (collected, "【北京市邮政速递物流】已收寄", None)
+    elif record == "awaiting_then_collected":  # the earliest event is the order, not the collection
+        row["events"].insert(0, (posted - timedelta(hours=5), "商家已下单，等待揽收", "在途"))
+    elif record == "no_events":
+        row.update(events=[], collected_at=None)
+    elif record == "no_collection_event":
+        row.update(events=row["events"][1:], collected_at=None)
+    elif record == "signed_before_collection":
+        row["events"][0] = (delivered + timedelta(hours=3), "【北京市】已揽收", "揽收")
+        row["collected_at"] = delivered + timedelta(hours=3)
+    return row
 
 
 def seeded_deliveries() -> list[dict]:
@@ -56,17 +105,24 @@ def seeded_deliveries() -> list[dict]:
         created = shanghai(2026, 10, 24) + timedelta(minutes=rng.randrange(45 * 24 * 60))
         status = rng.choices(["delivered", "in_transit", "out_for_delivery", "pending", "timeout", "failed"],
                              [10, 3, 1, 1, 1, 1])[0]
-        delivered = created + timedelta(minutes=rng.randrange(30, 10 * 24 * 60)) if status == "delivered" else None
-        updated = delivered or created + timedelta(minutes=rng.randrange(24 * 60, 20 * 24 * 60))
-        rows.append(delivery(n, rng.choice(CARRIERS), status, created, delivered, updated))
+        if status == "delivered":
+            rows.append(seeded_signing(n, rng, created))
+            continue
+        updated = created + timedelta(minutes=rng.randrange(24 * 60, 20 * 24 * 60))
+        rows.append(delivery(n, rng.choice(CARRIERS), status, created, updated=updated))
     return rows + edge_deliveries()
 
 
 def seeded_receipts() -> list[dict]:
-    times = [shanghai(2026, 10, 31, 23, 59, 59), shanghai(2026, 11, 1), shanghai(2026, 11, 17, 12),
-             shanghai(2026, 11, 30, 23, 59, 59), shanghai(2026, 12, 1)]
-    rows = [{"kind": "receipt", "created_at": t, "receipt_number": f"R-{i}"} for i, t in enumerate(times)]
-    return rows + [{"kind": "screenshot", "created_at": shanghai(2026, 11, 17, 12), "receipt_number": None}]
+    """Receipts around November, each of an edge delivery (by tracking number): 9006 was signed on 1 November,
+    9005 on 1 December, 9002 on 2 November."""
+    issued = [(shanghai(2026, 10, 31, 23, 59, 59), "T00009002"), (shanghai(2026, 11, 1), "T00009006"),
+              (shanghai(2026, 11, 17, 12), "T00009002"), (shanghai(2026, 11, 30, 23, 59, 59), "T00009006"),
+              (shanghai(2026, 12, 1), "T00009005"), (shanghai(2026, 12, 2), "T00009006")]
+    rows = [{"kind": "receipt", "created_at": t, "receipt_number": f"R-{i}", "tracking_number": number}
+            for i, (t, number) in enumerate(issued)]
+    return rows + [{"kind": "screenshot", "created_at": shanghai(2026, 11, 17, 12), "receipt_number": None,
+                    "tracking_number": "T00009002"}]
 
 
 def seeded_job_runs() -> list[dict]:
@@ -118,9 +174,12 @@ def seed(factory) -> dict:
     """Insert the seed; the plain-Python rows it was made from."""
     seeded = {"deliveries": seeded_deliveries(), "receipts": seeded_receipts(), "job_runs": seeded_job_runs()}
     with factory.begin() as session:
-        session.add_all(Delivery(**row) for row in seeded["deliveries"])
-        session.add_all(DeliveryFile(delivery_id=1, path=f"x/{i}", sha256=f"{i:064d}", size=1,
-                                     content_type="application/pdf", **row)
+        session.add_all(delivery_model(row) for row in seeded["deliveries"])
+        session.flush()
+        ids = dict(session.execute(select(Delivery.tracking_number, Delivery.id)).all())
+        session.add_all(DeliveryFile(delivery_id=ids[row["tracking_number"]], path=f"x/{i}", sha256=f"{i:064d}",
+                                     size=1, content_type="application/pdf", kind=row["kind"],
+                                     created_at=row["created_at"], receipt_number=row["receipt_number"])
                         for i, row in enumerate(seeded["receipts"]))
         session.add_all(JobRun(**row) for row in seeded["job_runs"])
     return seeded
@@ -142,12 +201,18 @@ def expected_numbers(seeded: dict, first_day: date, end_day: date) -> dict:
         return moment is not None and start <= moment < end
 
     def hours(row):
-        return (row["delivered_at"] - row["created_at"]).total_seconds() / 3600
+        return (row["delivered_at"] - row["collected_at"]).total_seconds() / 3600
+
+    def measured(row):
+        return row["collected_at"] is not None and row["collected_at"] <= row["delivered_at"]
 
     rows = seeded["deliveries"]
+    by_number = {r["tracking_number"]: r for r in rows}
     created = [r for r in rows if within(r["created_at"])]
     delivered = [r for r in rows if within(r["delivered_at"])]
-    durations = sorted(hours(r) for r in delivered)
+    timed = [r for r in delivered if measured(r)]
+    durations = sorted(hours(r) for r in timed)
+    receipts = [r for r in seeded["receipts"] if r["kind"] == "receipt" and within(r["created_at"])]
     carriers = sorted({r["carrier"] for r in created + delivered})
     days = [first_day + timedelta(days=n) for n in range((end_day - first_day).days)]
     # A run belongs to the period it fell due in; a run sent by hand to the one it started in.
@@ -171,6 +236,9 @@ def expected_numbers(seeded: dict, first_day: date, end_day: date) -> dict:
         "deliveries": {
             "created": len(created),
             "delivered": len(delivered),
+            "delivered_no_collection_event": sum(r["collected_at"] is None for r in delivered),
+            "delivered_signed_before_collection": sum(r["collected_at"] is not None and not measured(r)
+                                                      for r in delivered),
             "in_transit": sum(r["status"] in ("in_transit", "out_for_delivery") for r in rows),
             "timed_out": sum(r["status"] == "timeout" and within(r["updated_at"]) for r in rows),
             "failed": sum(r["status"] == "failed" and within(r["updated_at"]) for r in rows),
@@ -180,9 +248,12 @@ def expected_numbers(seeded: dict, first_day: date, end_day: date) -> dict:
                                      for label, low, high in BUCKET_HOURS],
         "carriers": [{"carrier": c, "created": sum(r["carrier"] == c for r in created),
                       "delivered": sum(r["carrier"] == c for r in delivered),
-                      "median_hours": percentile(sorted(hours(r) for r in delivered if r["carrier"] == c), 0.5)}
+                      "measured": sum(r["carrier"] == c for r in timed),
+                      "median_hours": percentile(sorted(hours(r) for r in timed if r["carrier"] == c), 0.5)}
                      for c in carriers],
-        "receipts_issued": sum(r["kind"] == "receipt" and within(r["created_at"]) for r in seeded["receipts"]),
+        "receipts_issued": len(receipts),
+        "receipts_issued_signed_earlier": sum(by_number[r["tracking_number"]]["delivered_at"] < start
+                                              for r in receipts),
         "jobs": [job(name) for name in sorted({r["name"] for r in job_runs})],
         "per_day": [{"day": day.isoformat(),
                      "created": sum(shanghai_day(r["created_at"]) == day for r in created),
@@ -217,6 +288,7 @@ def test_monthly_numbers_equal_the_ones_computed_from_the_seed(factory, tmp_path
 @pytest.mark.parametrize(("kind", "day", "first_day", "end_day"), [
     ("daily", date(2026, 11, 15), date(2026, 11, 15), date(2026, 11, 16)),
     ("daily", date(2026, 11, 1), date(2026, 11, 1), date(2026, 11, 2)),
+    ("daily", date(2026, 11, 17), date(2026, 11, 17), date(2026, 11, 18)),  # a receipt of a delivery signed earlier
     ("weekly", date(2026, 11, 28), date(2026, 11, 23), date(2026, 11, 30)),
 ])
 def test_daily_and_weekly_numbers_follow_shanghai_days(factory, tmp_path, kind, day, first_day, end_day):
@@ -229,7 +301,7 @@ def test_daily_and_weekly_numbers_follow_shanghai_days(factory, tmp_path, kind, 
 
 def test_days_are_shanghai_days_and_percentiles_interpolate(factory, tmp_path):
     with factory.begin() as session:
-        session.add_all(Delivery(**row) for row in edge_deliveries())
+        session.add_all(delivery_model(row) for row in edge_deliveries())
     for day in (date(2026, 10, 31), date(2026, 11, 15)):
         generate_report(factory, tmp_path, "daily", day)
     generate_report(factory, tmp_path, "monthly", date(2026, 11, 1))
@@ -247,13 +319,101 @@ def test_days_are_shanghai_days_and_percentiles_interpolate(factory, tmp_path):
     assert [b["count"] for b in november["time_to_delivery_buckets"]] == [1, 1, 1, 0, 0, 1]
 
 
+def imported_after_signing() -> list[dict]:
+    """November deliveries registered here 1 to 20 days after the carrier signed for them; the earliest event of
+    each is the order awaiting collection; three have no event, two a collection dated after the signing."""
+    rng = random.Random(18)
+    rows = []
+    for n in range(45):
+        collected = shanghai(2026, 11, 1) + timedelta(minutes=rng.randrange(23 * 24 * 60))
+        delivered = collected + timedelta(minutes=rng.randrange(60, 6 * 24 * 60))
+        registered = delivered + timedelta(minutes=rng.randrange(24 * 60, 20 * 24 * 60))
+        awaiting = (collected - timedelta(hours=rng.randrange(1, 48)), "商家已下单，待揽收", None)
+        rows.append(delivery(n, rng.choice(CARRIERS), "delivered", registered, delivered, collected=collected,
+                             events=[awaiting]))
+    for row in rows[:3]:
+        row.update(events=[], collected_at=None)
+    for row in rows[3:5]:
+        row["collected_at"] = row["delivered_at"] + timedelta(hours=2)
+        row["events"][0] = (row["collected_at"], "【上海市】已揽收", "揽收")
+    return rows
+
+
+def test_a_month_imported_after_signing_is_timed_from_the_collection_event(factory, tmp_path):
+    rows = imported_after_signing()
+    with factory.begin() as session:
+        session.add_all(delivery_model(row) for row in rows)
+    generate_report(factory, tmp_path, "monthly", date(2026, 11, 1))
+
+    data = stored_report(factory, "monthly", date(2026, 11, 1)).data
+    timed = rows[5:]
+    hours = {r["tracking_number"]: (r["delivered_at"] - r["collected_at"]).total_seconds() / 3600 for r in timed}
+    assert all(r["created_at"] > r["delivered_at"] for r in rows), "registered after signing: created_at is no start"
+    assert data["deliveries"]["delivered"] == 45
+    assert (data["deliveries"]["delivered_no_collection_event"],
+            data["deliveries"]["delivered_signed_before_collection"]) == (3, 2)
+    assert data["time_to_delivery_hours"] == approximately({"median": percentile(sorted(hours.values()), 0.5),
+                                                            "p90": percentile(sorted(hours.values()), 0.9)})
+    assert 0 < data["time_to_delivery_hours"]["median"] <= data["time_to_delivery_hours"]["p90"] < 6 * 24
+    assert {c["carrier"]: [c["measured"], c["median_hours"]] for c in data["carriers"]} == approximately({
+        carrier: [sum(r["carrier"] == carrier for r in timed),
+                  percentile(sorted(hours[r["tracking_number"]] for r in timed if r["carrier"] == carrier), 0.5)]
+        for carrier in CARRIERS})
+    assert [b["count"] for b in data["time_to_delivery_buckets"]] == [
+        sum(low <= h < high for h in hours.values()) for _, low, high in BUCKET_HOURS]
+
+
+def test_every_figure_states_its_basis_in_the_html_and_the_csv(factory, tmp_path):
+    seed(factory)
+    generate_report(factory, tmp_path, "monthly", date(2026, 11, 1))
+
+    rows = csv_rows(tmp_path / "monthly" / "2026-11-01.csv")
+    basis = {(section, key): text for section, key, _, text in rows[1:]}
+    assert all(text for (section, _), text in basis.items() if section != "period")
+    duration = basis["time_to_delivery_hours", "median"]
+    assert "揽收至签收，按签收时间落入本期" in duration and "collection to signing, by signing time in the period" in duration
+    assert "by signing time in the period" in basis["delivered_per_day", "2026-11-05"]
+    assert "by registration here" in basis["deliveries", "created"]
+    assert "without a collection event" in basis["deliveries", "delivered_no_collection_event"]
+    html = (tmp_path / "monthly" / "2026-11-01.html").read_text(encoding="utf-8")
+    cards = re.findall(r'<div class="card">.*?</div>\n', html)
+    assert len(cards) == 10 and all('<p class="basis">' in card for card in cards)
+    assert "无揽收记录 No collection event" in html
+    sections = re.findall(r"<h2>([^<]+)</h2>\n(.*)", html)
+    assert all(following.startswith('<p class="basis">口径 basis: ') for title, following in sections
+               if not title.startswith("口径说明"))
+
+
+def test_receipts_issued_for_deliveries_signed_earlier_are_explained(factory, tmp_path):
+    signed = shanghai(2026, 11, 10, 9)
+    rows = [delivery(n, "ems", "delivered", signed - timedelta(days=2), signed, collected=signed - timedelta(days=1))
+            for n in range(3)]
+    with factory.begin() as session:
+        models = [delivery_model(row) for row in rows]
+        session.add_all(models)
+        session.flush()
+        session.add_all(DeliveryFile(delivery_id=model.id, kind="receipt", path=f"r/{n}", sha256=f"{n:064d}", size=1,
+                                     content_type="application/pdf", receipt_number=f"R-{n}",
+                                     created_at=shanghai(2026, 11, 12, 10)) for n, model in enumerate(models))
+    generate_report(factory, tmp_path, "daily", date(2026, 11, 12))
+
+    data = stored_report(factory, "daily", date(2026, 11, 12)).data
+    assert data["deliveries"]["delivered"] == 0
+    assert (data["receipts_issued"], data["receipts_issued_signed_earlier"]) == (3, 3)
+    html = (tmp_path / "daily" / "2026-11-12.html").read_text(encoding="utf-8")
+    assert "本期之前签收、本期才签发回证的有 3 份" in html and "3 of them are for deliveries signed before the period" in html
+    assert "Delivered: deliveries the carrier signed for during the period, whenever they were registered here" in html
+    values = {(section, key): value for section, key, value, _ in csv_rows(tmp_path / "daily" / "2026-11-12.csv")}
+    assert values["receipts", "issued_signed_earlier"] == "3"
+
+
 def test_running_a_period_again_replaces_its_row_and_files(factory, tmp_path):
     seed(factory)
     generate_report(factory, tmp_path, "daily", date(2026, 11, 15))
     first = stored_report(factory, "daily", date(2026, 11, 15))
     html = (tmp_path / first.html_path).read_text(encoding="utf-8")
     with factory.begin() as session:
-        session.add(Delivery(**delivery(7777, "<sf&co>", "pending", shanghai(2026, 11, 15, 12))))
+        session.add(delivery_model(delivery(7777, "<sf&co>", "pending", shanghai(2026, 11, 15, 12))))
 
     summary = generate_report(factory, tmp_path, "daily", date(2026, 11, 15), now=shanghai(2026, 11, 16, 2))
 
@@ -266,7 +426,7 @@ def test_running_a_period_again_replaces_its_row_and_files(factory, tmp_path):
     assert (tmp_path / second.html_path).read_text(encoding="utf-8") != html
     assert "&lt;sf&amp;co&gt;" in (tmp_path / second.html_path).read_text(encoding="utf-8")
     assert "<sf&co>" not in (tmp_path / second.html_path).read_text(encoding="utf-8")
-    assert ["carrier:<sf&co>", "created", "1"] in csv_rows(tmp_path / second.csv_path)
+    assert ["carrier:<sf&co>", "created", "1"] in [row[:3] for row in csv_rows(tmp_path / second.csv_path)]
     assert sorted(p.name for p in (tmp_path / "daily").iterdir()) == ["2026-11-15.csv", "2026-11-15.html"]
 
 
@@ -281,8 +441,8 @@ def test_csv_holds_the_same_numbers(factory, tmp_path):
     expected = expected_numbers(seeded, date(2026, 11, 1), date(2026, 12, 1))
 
     rows = csv_rows(tmp_path / "monthly" / "2026-11-01.csv")
-    values = {(section, key): value for section, key, value in rows[1:]}
-    assert rows[0] == ["section", "key", "value"]
+    values = {(section, key): value for section, key, value, _ in rows[1:]}
+    assert rows[0] == ["section", "key", "value", "basis"]
     assert values["period", "first_day"] == "2026-11-01" and values["period", "last_day"] == "2026-11-30"
     assert {key: int(values["deliveries", key]) for key in expected["deliveries"]} == expected["deliveries"]
     assert float(values["time_to_delivery_hours", "p90"]) == pytest.approx(expected["time_to_delivery_hours"]["p90"],
@@ -313,7 +473,9 @@ def test_an_empty_period_has_zeros_and_no_percentiles(factory, tmp_path):
     generate_report(factory, tmp_path, "weekly", date(2026, 11, 4))
 
     data = stored_report(factory, "weekly", date(2026, 11, 2)).data
-    assert data["deliveries"] == {"created": 0, "delivered": 0, "in_transit": 0, "timed_out": 0, "failed": 0}
+    assert data["deliveries"] == {"created": 0, "delivered": 0, "delivered_no_collection_event": 0,
+                                  "delivered_signed_before_collection": 0, "in_transit": 0, "timed_out": 0,
+                                  "failed": 0}
     assert data["time_to_delivery_hours"] == {"median": None, "p90": None}
     assert [d["day"] for d in data["per_day"]] == [f"2026-11-{n:02d}" for n in range(2, 9)]
     assert data["carriers"] == [] and data["jobs"] == []

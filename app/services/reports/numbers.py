@@ -1,8 +1,15 @@
 """The numbers of one report period, computed by SQL aggregates on PostgreSQL and SQLite.
 
 The deliveries table is read in three grouped passes: created in the period (by carrier and
-day), delivered in the period (by carrier, day and time-to-delivery bucket), and the percentiles
+day), signed in the period (by carrier, day and time-to-delivery bucket), and the percentiles
 of time to delivery; Python only adds up those few grouped rows.
+
+Time to delivery runs from the carrier's collection (揽收) to signing (`delivered_at`), never from
+our row's `created_at`: shipments are often registered or imported after they were posted or even
+signed. The collection is the earliest tracking event that says so: Kuaidi100's event status
+"揽收", or a text naming it ("已揽收", EMS's "已收寄", "揽件") but not a wait for it ("待揽收").
+A signed delivery with no such event is counted apart (no collection event), and so is one signed
+before its collection (bad carrier data); neither enters the percentiles or the histogram.
 
 Percentiles are continuous with linear interpolation between the two neighbouring values, as
 PostgreSQL's `percentile_cont`: for n sorted values and fraction p, the value at 0-based position
@@ -14,10 +21,25 @@ from collections import Counter
 from datetime import date, datetime, timedelta, timezone
 from math import floor
 
-from sqlalchemy import ColumnElement, Date, Float, and_, case, cast, extract, func, literal_column, select
+from sqlalchemy import (
+    ColumnElement,
+    Date,
+    Float,
+    Subquery,
+    and_,
+    case,
+    cast,
+    extract,
+    func,
+    literal_column,
+    not_,
+    or_,
+    select,
+    true,
+)
 from sqlalchemy.orm import Session
 
-from app.models import Delivery, DeliveryFile, DeliveryStatus, FileKind, JobRun
+from app.models import Delivery, DeliveryFile, DeliveryStatus, FileKind, JobRun, TrackingEvent
 
 # Asia/Shanghai has kept UTC+8 all year since 1991, so a fixed shift gives its calendar day in SQL.
 SHANGHAI_OFFSET = timedelta(hours=8)
@@ -28,29 +50,39 @@ SKIPPED_OUTCOMES = ("skipped_overlap", "skipped_missed")
 NOT_FAILED_OUTCOMES = ("success", "running", "sent", "sending") + SKIPPED_OUTCOMES
 # Time-to-delivery histogram: (label, exclusive upper bound in hours); the last bucket is open-ended.
 BUCKETS = (("<24h", 24), ("1-2d", 48), ("2-3d", 72), ("3-5d", 120), ("5-7d", 168), (">7d", None))
+# Signed deliveries that have no time to delivery, keyed apart from the BUCKETS indexes.
+NO_COLLECTION_EVENT, SIGNED_BEFORE_COLLECTION = -1, -2
+# Kuaidi100's `status` of a collection event (resultv2=1), and the words of carriers' collection texts.
+COLLECTED_STATUS = "揽收"
+COLLECTION_WORDS = ("揽收", "收寄", "揽件")
+NOT_COLLECTION_WORDS = ("待揽", "待收寄", "未揽", "揽收失败", "取消揽收")
 
 
 def report_numbers(session: Session, start_utc: datetime, end_utc: datetime) -> dict:
     """Every number of the report for [start_utc, end_utc): deliveries, carriers, receipts, jobs, series."""
     dialect = session.get_bind().dialect.name
     created = _created_counts(session, dialect, start_utc, end_utc)
-    delivered = _delivered_counts(session, dialect, start_utc, end_utc)
-    delivered_by_carrier = _totals(delivered, 0)
-    median, p90, medians = _percentiles(session, dialect, _within(Delivery.delivered_at, start_utc, end_utc),
-                                        delivered_by_carrier)
+    signed = _signed_in(start_utc, end_utc)
+    delivered = _delivered_counts(session, dialect, signed)
+    delivered_by_kind = _totals(delivered, 2)
+    measured = _totals(Counter({key: n for key, n in delivered.items() if key[2] >= 0}), 0)
+    median, p90, medians = _percentiles(session, dialect, signed, measured)
     ended_badly = _ended_badly(session, start_utc, end_utc)
     return {
         "deliveries": {
             "created": sum(created.values()),
             "delivered": sum(delivered.values()),
+            "delivered_no_collection_event": delivered_by_kind[NO_COLLECTION_EVENT],
+            "delivered_signed_before_collection": delivered_by_kind[SIGNED_BEFORE_COLLECTION],
             "in_transit": _in_transit(session),
             "timed_out": ended_badly.get(DeliveryStatus.TIMEOUT, 0),
             "failed": ended_badly.get(DeliveryStatus.FAILED, 0),
         },
         "time_to_delivery_hours": {"median": median, "p90": p90},
-        "time_to_delivery_buckets": _buckets(_totals(delivered, 2)),
-        "carriers": _carriers(_totals(created, 0), delivered_by_carrier, medians),
+        "time_to_delivery_buckets": _buckets(delivered_by_kind),
+        "carriers": _carriers(_totals(created, 0), _totals(delivered, 0), measured, medians),
         "receipts_issued": _receipts_issued(session, start_utc, end_utc),
+        "receipts_issued_signed_earlier": _receipts_issued_signed_earlier(session, start_utc, end_utc),
         "jobs": _jobs(session, dialect, start_utc, end_utc),
         "per_day": _per_day(_totals(created, 1), _totals(delivered, 1), start_utc, end_utc),
     }
@@ -66,8 +98,8 @@ def _seconds_between(dialect: str, earlier, later) -> ColumnElement[float]:
     return (func.julianday(later) - func.julianday(earlier)) * 86400.0
 
 
-def _hours_to_delivery(dialect: str) -> ColumnElement[float]:
-    return _seconds_between(dialect, Delivery.created_at, Delivery.delivered_at) / 3600.0
+def _hours_to_delivery(dialect: str, signed: Subquery) -> ColumnElement[float]:
+    return _seconds_between(dialect, signed.c.collected_at, signed.c.delivered_at) / 3600.0
 
 
 def _shanghai_day(dialect: str, column) -> ColumnElement:
@@ -77,19 +109,43 @@ def _shanghai_day(dialect: str, column) -> ColumnElement:
     return func.date(column, literal_column(f"'+{hours} hours'"))
 
 
-def _bucket_index(dialect: str) -> ColumnElement[int]:
-    """The index in BUCKETS of a delivery's time to delivery."""
+def _is_collection() -> ColumnElement[bool]:
+    """A tracking event that records the carrier collecting the parcel (揽收)."""
+    text = TrackingEvent.description
+    return or_(TrackingEvent.carrier_status == COLLECTED_STATUS,
+               and_(or_(*[text.contains(word) for word in COLLECTION_WORDS]),
+                    not_(or_(*[text.contains(word) for word in NOT_COLLECTION_WORDS]))))
+
+
+def _signed_in(start_utc: datetime, end_utc: datetime) -> Subquery:
+    """Deliveries signed in the period: carrier, signing time and collection time (NULL: no collection event)."""
+    collected_at = (select(func.min(TrackingEvent.occurred_at))
+                    .where(TrackingEvent.delivery_id == Delivery.id, _is_collection())
+                    .correlate(Delivery).scalar_subquery())
+    return (select(Delivery.carrier, Delivery.delivered_at, collected_at.label("collected_at"))
+            .where(_within(Delivery.delivered_at, start_utc, end_utc)).subquery("signed"))
+
+
+def _measured(signed: Subquery) -> ColumnElement[bool]:
+    """A signed delivery with a time to delivery: collected, and not signed before it was collected."""
+    return signed.c.collected_at <= signed.c.delivered_at
+
+
+def _bucket_index(dialect: str, signed: Subquery) -> ColumnElement[int]:
+    """The index in BUCKETS of a delivery's time to delivery, or why it has none."""
     upper_bounds = [upper for _, upper in BUCKETS[:-1]]
     if dialect == "postgresql":
         # Comparing the interval itself takes half the time of turning each one into hours first.
-        took, bounds = Delivery.delivered_at - Delivery.created_at, [timedelta(hours=h) for h in upper_bounds]
+        took, bounds = signed.c.delivered_at - signed.c.collected_at, [timedelta(hours=h) for h in upper_bounds]
     else:
-        took, bounds = _hours_to_delivery(dialect), upper_bounds
-    return case(*[(took < bound, i) for i, bound in enumerate(bounds)], else_=len(BUCKETS) - 1)
+        took, bounds = _hours_to_delivery(dialect, signed), upper_bounds
+    return case((signed.c.collected_at.is_(None), NO_COLLECTION_EVENT),
+                (not_(_measured(signed)), SIGNED_BEFORE_COLLECTION),
+                *[(took < bound, i) for i, bound in enumerate(bounds)], else_=len(BUCKETS) - 1)
 
 
 def _count_by(session: Session, condition, *keys) -> Counter:
-    """Deliveries matching `condition`, counted per combination of the key expressions (dates as ISO strings)."""
+    """Rows matching `condition`, counted per combination of the key expressions (dates as ISO strings)."""
     keyed = select(*[key.label(f"key_{i}") for i, key in enumerate(keys)]).where(condition).subquery()
     columns = list(keyed.c)
     rows = session.execute(select(*columns, func.count()).group_by(*columns))
@@ -115,28 +171,29 @@ def _created_counts(session: Session, dialect: str, start_utc: datetime, end_utc
                      Delivery.carrier, _shanghai_day(dialect, Delivery.created_at))
 
 
-def _delivered_counts(session: Session, dialect: str, start_utc: datetime, end_utc: datetime) -> Counter:
-    """Deliveries delivered in the period, by (carrier, Shanghai day, time-to-delivery bucket)."""
-    return _count_by(session, _within(Delivery.delivered_at, start_utc, end_utc),
-                     Delivery.carrier, _shanghai_day(dialect, Delivery.delivered_at), _bucket_index(dialect))
+def _delivered_counts(session: Session, dialect: str, signed: Subquery) -> Counter:
+    """Deliveries signed in the period, by (carrier, Shanghai day of signing, time-to-delivery bucket)."""
+    return _count_by(session, true(), signed.c.carrier, _shanghai_day(dialect, signed.c.delivered_at),
+                     _bucket_index(dialect, signed))
 
 
-def _percentiles(session: Session, dialect: str, delivered, counts: Counter) -> tuple:
-    """Median and 90th percentile hours to delivery over all carriers, and the median of each carrier."""
-    hours = _hours_to_delivery(dialect)
+def _percentiles(session: Session, dialect: str, signed: Subquery, counts: Counter) -> tuple:
+    """Median and 90th percentile hours from collection to signing over all carriers, and each carrier's median;
+    `counts` are the measured deliveries per carrier."""
+    hours, measured = _hours_to_delivery(dialect, signed), _measured(signed)
     if dialect == "postgresql":
         # ROLLUP adds the all-carriers row (carrier NULL) to the per-carrier ones, in the same pass.
-        rows = session.execute(select(Delivery.carrier, func.percentile_cont(0.5).within_group(hours),
+        rows = session.execute(select(signed.c.carrier, func.percentile_cont(0.5).within_group(hours),
                                       func.percentile_cont(0.9).within_group(hours))
-                               .where(delivered).group_by(func.rollup(Delivery.carrier))).all()
+                               .where(measured).group_by(func.rollup(signed.c.carrier))).all()
         median, p90 = next(((m, p) for carrier, m, p in rows if carrier is None), (None, None))
         medians = {carrier: _rounded(m) for carrier, m, _ in rows if carrier is not None}
         return _rounded(median), _rounded(p90), medians
     total = sum(counts.values())
-    medians = {carrier: _rounded(_interpolated(session, hours, and_(delivered, Delivery.carrier == carrier), n, 0.5))
+    medians = {carrier: _rounded(_interpolated(session, hours, and_(measured, signed.c.carrier == carrier), n, 0.5))
                for carrier, n in counts.items()}
-    return (_rounded(_interpolated(session, hours, delivered, total, 0.5)),
-            _rounded(_interpolated(session, hours, delivered, total, 0.9)), medians)
+    return (_rounded(_interpolated(session, hours, measured, total, 0.5)),
+            _rounded(_interpolated(session, hours, measured, total, 0.9)), medians)
 
 
 def _interpolated(session: Session, value, condition, count: int, fraction: float) -> float | None:
@@ -168,9 +225,10 @@ def _buckets(counts: Counter) -> list[dict]:
     return [{"bucket": label, "count": counts[i]} for i, (label, _) in enumerate(BUCKETS)]
 
 
-def _carriers(created: Counter, delivered: Counter, medians: dict) -> list[dict]:
+def _carriers(created: Counter, delivered: Counter, measured: Counter, medians: dict) -> list[dict]:
     return [{"carrier": carrier, "created": created[carrier], "delivered": delivered[carrier],
-             "median_hours": medians.get(carrier)} for carrier in sorted(set(created) | set(delivered))]
+             "measured": measured[carrier], "median_hours": medians.get(carrier)}
+            for carrier in sorted(set(created) | set(delivered))]
 
 
 def _per_day(created: Counter, delivered: Counter, start_utc: datetime, end_utc: datetime) -> list[dict]:
@@ -185,9 +243,19 @@ def _shanghai_days(start_utc: datetime, end_utc: datetime) -> list[str]:
     return [(first + timedelta(days=n)).isoformat() for n in range((last - first).days + 1)]
 
 
+def _receipt_issued_in(start_utc: datetime, end_utc: datetime) -> ColumnElement[bool]:
+    return and_(DeliveryFile.kind == FileKind.RECEIPT, _within(DeliveryFile.created_at, start_utc, end_utc))
+
+
 def _receipts_issued(session: Session, start_utc: datetime, end_utc: datetime) -> int:
-    return session.scalar(select(func.count()).select_from(DeliveryFile).where(
-        DeliveryFile.kind == FileKind.RECEIPT, _within(DeliveryFile.created_at, start_utc, end_utc)))
+    return session.scalar(select(func.count()).select_from(DeliveryFile).where(_receipt_issued_in(start_utc, end_utc)))
+
+
+def _receipts_issued_signed_earlier(session: Session, start_utc: datetime, end_utc: datetime) -> int:
+    """Receipts issued in the period for deliveries signed before it (an archived delivery is not counted)."""
+    return session.scalar(select(func.count()).select_from(DeliveryFile)
+                          .join(Delivery, Delivery.id == DeliveryFile.delivery_id)
+                          .where(_receipt_issued_in(start_utc, end_utc), Delivery.delivered_at < start_utc))
 
 
 def _jobs(session: Session, dialect: str, start_utc: datetime, end_utc: datetime) -> list[dict]:

@@ -28,7 +28,47 @@ th { text-align: left; background: #f0f4f8; } .n { text-align: right; font-varia
 svg { width: 100%; height: auto; } svg text { font-size: 11px; fill: #52606d; }
 .created { fill: #4c78a8; } .delivered { fill: #54a24b; } .duration { fill: #f58518; }
 .grid { stroke: #e4e7eb; } .axis { stroke: #9aa5b1; }
+.basis { color: #7b8794; font-size: .78rem; margin: .3rem 0 0; } .notes li { margin-bottom: .4rem; }
 """
+# The basis (口径) of each figure: what is counted and which moment puts it in the period.
+CREATED_BASIS = "按登记时间（本系统建档）落入本期 / by registration here (our row created) in the period"
+DELIVERED_BASIS = "按签收时间落入本期，不论何时登记 / by signing time in the period, whenever registered"
+DURATION_BASIS = ("揽收至签收，按签收时间落入本期，{measured} 件 / collection to signing, by signing time in the "
+                  "period, over {measured} deliveries")
+NO_COLLECTION_BASIS = ("本期签收但无揽收轨迹，不计入时长 / signed in the period without a collection event; "
+                       "not in the times")
+SIGNED_BEFORE_COLLECTION_BASIS = ("本期签收但签收早于揽收（承运商数据有误），不计入时长 / signed in the period before "
+                                  "its collection (bad carrier data); not in the times")
+RECEIPTS_BASIS = ("按回证签发时间落入本期，其中 {earlier} 份的运单签收于本期之前 / by issue time in the period; "
+                  "{earlier} of them for deliveries signed before the period")
+RECEIPTS_EARLIER_BASIS = ("本期签发、运单签收于本期之前的回证 / receipts issued in the period for deliveries signed "
+                          "before it")
+IN_TRANSIT_BASIS = "生成报告时的快照，不限本期 / snapshot when the report was generated, whatever the period"
+ENDED_BASIS = "按最后更新时间落入本期 / by last update in the period"
+CARRIER_MEDIAN_BASIS = "揽收至签收，按签收时间落入本期 / collection to signing, by signing time in the period"
+MEASURED_BASIS = "本期签收且有揽收记录、可计时长的件数 / signed in the period with a collection event to time from"
+DELIVERIES_BASIS = {"created": CREATED_BASIS, "delivered": DELIVERED_BASIS,
+                    "delivered_no_collection_event": NO_COLLECTION_BASIS,
+                    "delivered_signed_before_collection": SIGNED_BEFORE_COLLECTION_BASIS,
+                    "in_transit": IN_TRANSIT_BASIS, "timed_out": ENDED_BASIS, "failed": ENDED_BASIS}
+JOBS_BASIS = ("按应运行时间落入本期（手动运行按开始时间） / by the time a run fell due in the period "
+              "(a run sent by hand: its start)")
+NOTES = (
+    "送达（签收）：承运商签收时间在本期内的运单，不论何时登记；导入已签收的运单时，签收可能早于登记。"
+    " Delivered: deliveries the carrier signed for during the period, whenever they were registered here;"
+    " a shipment imported after signing was signed before it was registered.",
+    "送达回证：本期内签发的回证，不论运单何时签收；本期之前签收、本期才签发回证的有 {earlier} 份，"
+    "所以回证数可以大于本期送达数。 Receipts issued: receipts issued during the period, whenever their delivery"
+    " was signed; {earlier} of them are for deliveries signed before the period, so receipts can outnumber"
+    " deliveries signed.",
+    "送达时长：从承运商揽收（最早一条揽收轨迹：状态“揽收”，或“已揽收”“已收寄”等文字）到签收，不是从本系统登记算起。"
+    "无揽收记录 {no_collection} 件、签收早于揽收 {before_collection} 件（承运商数据有误），另行计数，不计入中位数、"
+    "90 分位和分布。 Time to delivery: from the carrier's collection (the earliest collection event: status 揽收,"
+    " or a text such as 已揽收 or 已收寄) to signing, never from registration here. No collection event:"
+    " {no_collection}; signed before collection (bad carrier data): {before_collection}; both counted apart,"
+    " outside the median, the 90th percentile and the distribution.",
+    "新建：本期内在本系统登记的运单。 Created: deliveries registered here during the period.",
+)
 
 
 def render_html(kind: str, period_start: date, period_end: date, generated_at: datetime, numbers: dict) -> str:
@@ -41,15 +81,23 @@ def render_html(kind: str, period_start: date, period_end: date, generated_at: d
         f"<h1>{escape(title)}</h1>",
         f'<p class="period">{escape(period)} ({escape(TIMEZONE)}) · 生成于 generated {escape(generated)}</p>',
         _cards(numbers),
+        "<h2>口径说明 How the figures are counted</h2>",
+        _notes(numbers),
         "<h2>每日投递量 Deliveries per day</h2>",
+        _basis(f"新建 created: {CREATED_BASIS}; 送达 delivered: {DELIVERED_BASIS}"),
         _per_day_chart(numbers["per_day"]),
         "<h2>送达时长分布 Time to delivery</h2>",
+        _basis(_duration_basis(numbers)),
         _duration_chart(numbers["time_to_delivery_buckets"]),
         "<h2>承运商 Carriers</h2>",
+        _basis(f"新建 created: {CREATED_BASIS}; 送达 delivered: {DELIVERED_BASIS}; "
+               f"中位数 median: {CARRIER_MEDIAN_BASIS}"),
         _carriers_table(numbers["carriers"]),
         "<h2>定时任务 Periodic jobs</h2>",
+        _basis(JOBS_BASIS),
         _jobs_table(numbers["jobs"]),
         "<h2>每日明细 Per day</h2>",
+        _basis(f"新建 created: {CREATED_BASIS}; 送达 delivered: {DELIVERED_BASIS}"),
         _per_day_table(numbers["per_day"]),
     ]
     return (f'<!DOCTYPE html>\n<html lang="zh-CN">\n<head>\n<meta charset="utf-8">\n'
@@ -58,45 +106,78 @@ def render_html(kind: str, period_start: date, period_end: date, generated_at: d
 
 
 def render_csv(kind: str, period_start: date, period_end: date, numbers: dict) -> str:
-    """The same numbers as `section,key,value` rows."""
+    """The same numbers as `section,key,value,basis` rows, the basis (口径) saying what each one counts."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["section", "key", "value"])
-    writer.writerows([("period", "kind", kind), ("period", "first_day", period_start.isoformat()),
-                      ("period", "last_day", (period_end - timedelta(days=1)).isoformat())])
-    writer.writerows((section, key, "" if value is None else value) for section, key, value in csv_rows(numbers))
+    writer.writerow(["section", "key", "value", "basis"])
+    writer.writerows([("period", "kind", kind, ""), ("period", "first_day", period_start.isoformat(), ""),
+                      ("period", "last_day", (period_end - timedelta(days=1)).isoformat(), "")])
+    writer.writerows((section, key, "" if value is None else value, basis)
+                     for section, key, value, basis in csv_rows(numbers))
     return buffer.getvalue()
 
 
-def csv_rows(numbers: dict) -> list[tuple[str, str, object]]:
-    """Every number of the report, flattened to (section, key, value)."""
-    rows = [("deliveries", key, value) for key, value in numbers["deliveries"].items()]
-    rows += [("time_to_delivery_hours", key, value) for key, value in numbers["time_to_delivery_hours"].items()]
-    rows += [("time_to_delivery_buckets", b["bucket"], b["count"]) for b in numbers["time_to_delivery_buckets"]]
-    rows.append(("receipts", "issued", numbers["receipts_issued"]))
+def csv_rows(numbers: dict) -> list[tuple[str, str, object, str]]:
+    """Every number of the report, flattened to (section, key, value, basis)."""
+    duration = _duration_basis(numbers)
+    rows = [("deliveries", key, value, DELIVERIES_BASIS[key]) for key, value in numbers["deliveries"].items()]
+    rows += [("time_to_delivery_hours", key, value, duration)
+             for key, value in numbers["time_to_delivery_hours"].items()]
+    rows += [("time_to_delivery_buckets", b["bucket"], b["count"], duration)
+             for b in numbers["time_to_delivery_buckets"]]
+    rows += [("receipts", "issued", numbers["receipts_issued"], _receipts_basis(numbers)),
+             ("receipts", "issued_signed_earlier", numbers["receipts_issued_signed_earlier"], RECEIPTS_EARLIER_BASIS)]
+    carrier_basis = {"created": CREATED_BASIS, "delivered": DELIVERED_BASIS, "measured": MEASURED_BASIS,
+                     "median_hours": CARRIER_MEDIAN_BASIS}
     for carrier in numbers["carriers"]:
-        rows += [(f"carrier:{carrier['carrier']}", key, carrier[key])
-                 for key in ("created", "delivered", "median_hours")]
+        rows += [(f"carrier:{carrier['carrier']}", key, carrier[key], basis) for key, basis in carrier_basis.items()]
     for job in numbers["jobs"]:
-        rows += [(f"job:{job['name']}", key, job[key]) for key in JOB_KEYS]
-    rows += [("created_per_day", day["day"], day["created"]) for day in numbers["per_day"]]
-    rows += [("delivered_per_day", day["day"], day["delivered"]) for day in numbers["per_day"]]
+        rows += [(f"job:{job['name']}", key, job[key], JOBS_BASIS) for key in JOB_KEYS]
+    rows += [("created_per_day", day["day"], day["created"], CREATED_BASIS) for day in numbers["per_day"]]
+    rows += [("delivered_per_day", day["day"], day["delivered"], DELIVERED_BASIS) for day in numbers["per_day"]]
     return rows
 
 
+def _duration_basis(numbers: dict) -> str:
+    return DURATION_BASIS.format(measured=sum(b["count"] for b in numbers["time_to_delivery_buckets"]))
+
+
+def _receipts_basis(numbers: dict) -> str:
+    return RECEIPTS_BASIS.format(earlier=numbers["receipts_issued_signed_earlier"])
+
+
+def _basis(text: str) -> str:
+    return f'<p class="basis">口径 basis: {escape(text)}</p>'
+
+
+def _notes(numbers: dict) -> str:
+    deliveries = numbers["deliveries"]
+    values = {"earlier": numbers["receipts_issued_signed_earlier"],
+              "no_collection": deliveries["delivered_no_collection_event"],
+              "before_collection": deliveries["delivered_signed_before_collection"]}
+    return '<ul class="notes">\n' + "\n".join(f"<li>{escape(note.format(**values))}</li>" for note in NOTES) + "\n</ul>"
+
+
 def _cards(numbers: dict) -> str:
-    deliveries, hours = numbers["deliveries"], numbers["time_to_delivery_hours"]
-    cards = [("新建 Created", deliveries["created"]),
-             ("送达 Delivered", deliveries["delivered"]),
-             ("运输中（生成时）In transit now", deliveries["in_transit"]),
-             ("送达回证 Receipts issued", numbers["receipts_issued"]),
-             ("超时 Timed out", deliveries["timed_out"]),
-             ("失败 Failed", deliveries["failed"]),
-             ("送达时长中位数 Median", _hours(hours["median"])),
-             ("送达时长 90% 分位 90th percentile", _hours(hours["p90"]))]
+    """The headline figures, each with the line saying what it counts."""
+    deliveries, hours, basis = numbers["deliveries"], numbers["time_to_delivery_hours"], DELIVERIES_BASIS
+    duration = _duration_basis(numbers)
+    cards = [("新建 Created", deliveries["created"], basis["created"]),
+             ("送达 Delivered", deliveries["delivered"], basis["delivered"]),
+             ("运输中（生成时）In transit now", deliveries["in_transit"], basis["in_transit"]),
+             ("送达回证 Receipts issued", numbers["receipts_issued"], _receipts_basis(numbers)),
+             ("超时 Timed out", deliveries["timed_out"], basis["timed_out"]),
+             ("失败 Failed", deliveries["failed"], basis["failed"]),
+             ("送达时长中位数 Median", _hours(hours["median"]), duration),
+             ("送达时长 90% 分位 90th percentile", _hours(hours["p90"]), duration),
+             ("无揽收记录 No collection event", deliveries["delivered_no_collection_event"],
+              basis["delivered_no_collection_event"]),
+             ("签收早于揽收 Signed before collection", deliveries["delivered_signed_before_collection"],
+              basis["delivered_signed_before_collection"])]
     return '<div class="cards">\n' + "\n".join(
-        f'<div class="card"><div class="value">{escape(str(value))}</div><div class="label">{escape(label)}</div></div>'
-        for label, value in cards) + "\n</div>"
+        f'<div class="card"><div class="value">{escape(str(value))}</div><div class="label">{escape(label)}</div>'
+        f'<p class="basis">{escape(text)}</p></div>'
+        for label, value, text in cards) + "\n</div>"
 
 
 def _per_day_chart(per_day: list[dict]) -> str:
@@ -168,8 +249,8 @@ def _nice_ceiling(value: float) -> int:
 
 
 def _carriers_table(carriers: list[dict]) -> str:
-    rows = [[c["carrier"], c["created"], c["delivered"], _hours(c["median_hours"])] for c in carriers]
-    return _table(["承运商 Carrier", "新建 Created", "送达 Delivered", "送达时长中位数 Median"], rows)
+    rows = [[c["carrier"], c["created"], c["delivered"], c["measured"], _hours(c["median_hours"])] for c in carriers]
+    return _table(["承运商 Carrier", "新建 Created", "送达 Delivered", "计时件数 Timed", "送达时长中位数 Median"], rows)
 
 
 def _jobs_table(jobs: list[dict]) -> str:
