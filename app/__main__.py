@@ -18,10 +18,15 @@ def _deliveries_parser(commands) -> None:
     for name in ("reference", "recipient-name", "phone", "address", "carrier", "tracking-number"):
         add.add_argument(f"--{name}", required=True)
     add.add_argument("--deadline", help="ISO date, e.g. 2026-12-31")
+    add.add_argument("--case-cause", help="案由, e.g. 民间借贷纠纷 (printed on the receipt)")
+    add.add_argument("--case-number", help="案号, e.g. （2026）京0105民初123号")
+    add.add_argument("--documents", help="送达文书名称及件数, e.g. '起诉状副本×1;传票×1'")
+    add.add_argument("--remarks", help="备注, printed on the receipt")
     imported = actions.add_parser("import", help="register every valid row of a CSV file",
                                   description="Header: reference,recipient_name,phone,address,carrier,"
                                               "tracking_number,deadline (every column required, a deadline may be "
-                                              "empty; other columns are ignored with a warning). UTF-8 or "
+                                              "empty); optional case_cause,case_number,documents,remarks; "
+                                              "other columns are ignored with a warning. UTF-8 or "
                                               "GB18030/GBK (Excel). Bad rows are reported by line; "
                                               "rows already registered are skipped.")
     imported.add_argument("file", type=Path)
@@ -43,10 +48,16 @@ def _receipts_parser(commands) -> None:
     receipts = commands.add_parser("receipts", help="issue, show and verify PDF delivery receipts (送达回证)",
                                    description="The PDF receipts of delivered deliveries, and whether a file is one.")
     actions = receipts.add_subparsers(dest="action", required=True, metavar="ACTION")
-    verify = actions.add_parser("verify", help="say whether a file is, byte for byte, a receipt on record",
-                                description="Recompute the file's SHA-256 and look it up among the issued receipts. "
-                                            "Exit 0 when it matches one, 1 when it does not or the file is missing.")
-    verify.add_argument("file", type=Path)
+    verify = actions.add_parser("verify", help="say whether a file is, byte for byte, a receipt on record, "
+                                               "or whether a receipt's QR content is",
+                                description="FILE: recompute its SHA-256, look it up among the issued receipts and "
+                                            "check its QR claim (receipt number, screenshot SHA-256) against the "
+                                            "record. --qr TEXT: check what a phone read from the receipt's QR code "
+                                            "(receipt number, timeline screenshot SHA-256, SHA-256 of the form's "
+                                            "rows) against the record and the issued file. Exit 0 when it matches, "
+                                            "1 when it does not or the file is missing.")
+    verify.add_argument("file", type=Path, nargs="?")
+    verify.add_argument("--qr", metavar="TEXT", help="the text of a receipt's QR code, instead of FILE")
     show = actions.add_parser("show", help="a delivery's receipts: number, file, sha256, generation time")
     show.add_argument("id", type=int, metavar="DELIVERY_ID")
     show.add_argument("--json", action="store_true")
@@ -73,7 +84,7 @@ def run_simulator(args) -> int:
 
     settings = get_settings()
     simulator = CarrierSimulator(*SIMULATOR_ACCOUNT, error_rate=settings.simulator_error_rate,
-                                 rate_limit=settings.simulator_rate_limit)
+                                 rate_limit=settings.simulator_rate_limit, pace=settings.simulator_pace)
     server = SimulatorServer(simulator,
                              port=args.port or settings.simulator_port,
                              latency=settings.simulator_latency_ms / 1000).start()
@@ -101,9 +112,12 @@ def run_deliveries(args) -> int:
         return attach_document(args)
     with session_scope() as session:
         if args.action == "add":
-            fields = {name: getattr(args, name) for name in deliveries.CSV_HEADER}
+            fields = {name: getattr(args, name) for name in (*deliveries.CSV_HEADER, *deliveries.OPTIONAL_COLUMNS)}
             delivery = deliveries.add_delivery(session, fields)
             print(f"registered delivery {delivery.id}: {delivery.carrier} {delivery.tracking_number}")
+            delivery_id = delivery.id
+            session.commit()  # before a worker looks for it
+            print(request_first_polls(delivery_id))
             return 0
         if args.action == "import":
             if not args.file.is_file():
@@ -142,6 +156,27 @@ def run_deliveries(args) -> int:
         return 0
 
 
+def request_first_polls(delivery_id: int) -> str:
+    """Ask the running service to poll a just-registered delivery now (and, at the demo pace, until it is
+    signed) rather than at the next scheduled run; what was asked, for the operator."""
+    from app.core.config import get_settings
+    from app.manager.inspect import probe_broker
+    from app.services.carriers.simulator import DEMO_POLL_DELAYS
+
+    settings = get_settings()
+    if not probe_broker(settings).ok:
+        return "the service is not running: update-tracking-status polls it once it is"
+    import app.tasks.celery_app  # noqa: F401 - sets Django up, which the task modules need first
+    from app.tasks.tracking_tasks import send_polls
+
+    delays = DEMO_POLL_DELAYS if settings.demo_pace else (0,)
+    send_polls(delivery_id, delays)
+    if settings.demo_pace:
+        return (f"polling it now and {len(delays) - 1} times within {delays[-1]} s (SIMULATOR_PACE=demo): "
+                f"python -m app deliveries show {delivery_id}")
+    return "polling it now"
+
+
 def attach_document(args) -> int:
     from app.core.config import get_settings
     from app.core.database import SessionFactory
@@ -159,6 +194,7 @@ def run_receipts(args) -> int:
     from app.core.config import get_settings
     from app.core.database import SessionFactory, engine, session_scope
     from app.core.migrations import upgrade_app_schema
+    from app.services.errors import PermanentError
     from app.services.evidence import receipt
 
     files_root = get_settings().files_path
@@ -170,7 +206,10 @@ def run_receipts(args) -> int:
         return 0
     with session_scope() as session:
         if args.action == "verify":
-            result = receipt.verify_receipt(session, files_root, args.file)
+            if (args.file is None) == (args.qr is None):
+                raise PermanentError("give either FILE or --qr TEXT")
+            result = (receipt.verify_qr(session, files_root, args.qr) if args.qr is not None
+                      else receipt.verify_receipt(session, files_root, args.file))
             print(f"{'OK' if result.ok else 'MISMATCH'}: {result.message}")
             return 0 if result.ok else 1
         details = receipt.receipt_details(session, files_root, args.id)

@@ -94,12 +94,14 @@ def main() -> None:
     generated = datetime.now(timezone.utc)
     receipt_rate = rate(args.receipts, lambda: build_receipt_pdf(delivery, events, shot.png, "0" * 64, "HZ-BENCH",
                                                                  generated, font))
+    pdf_size = len(build_receipt_pdf(delivery, events, shot.png, "0" * 64, "HZ-BENCH", generated, font))
     stop.set()
     print(f"evidence page: {args.events} events, {shot.width}x{shot.height} px, {len(shot.png) / 1024:.0f} KiB PNG")
     print(f"screenshots, reused browser:      {reuse_rate:6.1f}/s ({args.shots} shots)")
     print(f"screenshots, browser per shot:    {launch_rate:6.1f}/s ({args.launch_shots} shots)")
     print(f"reuse / launch: {reuse_rate / launch_rate:.1f}x (target >= 5)")
     print(f"receipts (PDF with the screenshot): {receipt_rate:6.1f}/s ({args.receipts} receipts)")
+    print(f"receipt PDF size: {pdf_size / 1024:.1f} KiB")
     print(f"peak memory, this process + Chromium + driver: {peak[0] / 2**20:.0f} MiB")
 
 

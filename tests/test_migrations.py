@@ -7,7 +7,7 @@ from app.core.migrations import pending_app_revisions, upgrade_app_schema
 
 
 def test_upgrade_creates_the_tables_and_is_idempotent(sa_engine):
-    assert pending_app_revisions(sa_engine) == ["0001", "0002", "0003", "0004", "0005", "0006"]
+    assert pending_app_revisions(sa_engine) == ["0001", "0002", "0003", "0004", "0005", "0006", "0007"]
     upgrade_app_schema(sa_engine)
     upgrade_app_schema(sa_engine)
     tables = set(schema(sa_engine).get_table_names())

@@ -126,10 +126,16 @@ class Settings(BaseSettings):
     cjk_font_path: Path | None = None  # unset = what fontconfig finds for Chinese
     screenshot_timeout: float = Field(30.0, gt=0)  # seconds before a hanging page is abandoned
     carrier_page_url: str | None = None  # e.g. https://example.com/track?com={carrier}&nu={tracking_number}
+    receipt_issuer: str | None = None  # 送达机关 printed on receipts; unset = "未设置 / not configured"
+    receipt_server: str | None = None  # 送达人 printed on receipts; unset = "未设置 / not configured"
+    receipt_seal_path: Path | None = None  # a PNG seal drawn over the serving body; unset = no seal
     simulator_port: int = Field(8765, ge=1, le=65535)
     simulator_latency_ms: float = Field(50.0, ge=0)
     simulator_error_rate: float = Field(0.0, ge=0, le=1)
     simulator_rate_limit: float | None = Field(None, gt=0)  # requests per second; unset = no limit
+    # How the simulator dates events and how often `deliveries add` polls a new delivery (TRACKING_PROVIDER=simulator
+    # only): demo signs it within a minute; realistic (benches) dates events hours apart and polls by the schedule.
+    simulator_pace: Literal["demo", "realistic"] = "demo"
 
     @property
     def admin_hosts(self) -> list[str]:
@@ -140,6 +146,11 @@ class Settings(BaseSettings):
         if self.tracking_provider == "simulator":
             return f"http://127.0.0.1:{self.simulator_port}/poll/query.do"
         return self.kuaidi100_url
+
+    @property
+    def demo_pace(self) -> bool:
+        """Tracking against the simulator at its demo pace."""
+        return self.tracking_provider == "simulator" and self.simulator_pace == "demo"
 
     @property
     def carrier_account(self) -> tuple[str, str]:

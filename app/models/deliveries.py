@@ -54,7 +54,11 @@ class DeliveryFields:
     evidence_status: Mapped[str] = mapped_column(String(20), default="none")  # see EvidenceStatus
     evidence_error: Mapped[str | None] = mapped_column(Text)
     evidence_requested_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
-
+    # What the receipt (送达回证) states beyond the shipment, as given at registration.
+    case_cause: Mapped[str | None] = mapped_column(String(200))  # 案由
+    case_number: Mapped[str | None] = mapped_column(String(100))  # 案号
+    documents: Mapped[str | None] = mapped_column(String(500))  # 送达文书名称及件数, e.g. "起诉状副本×1;传票×1"
+    remarks: Mapped[str | None] = mapped_column(String(500))  # 备注
 
 
 class Delivery(DeliveryFields, Base):

@@ -15,10 +15,16 @@ from app.models import Delivery, TrackingEvent
 from app.services.errors import PermanentError
 
 CSV_HEADER = ["reference", "recipient_name", "phone", "address", "carrier", "tracking_number", "deadline"]
+# What the receipt form states beyond the shipment; a CSV may have these columns, each may be empty.
+OPTIONAL_COLUMNS = ["case_cause", "case_number", "documents", "remarks"]
 CARRIER_CODE = re.compile(r"^[a-z0-9]{2,32}$")
 TRACKING_NUMBER = re.compile(r"^[A-Za-z0-9-]{5,64}$")
 PHONE = re.compile(r"^\+?[0-9][0-9 -]{5,30}$")
-LIMITS = {"reference": 64, "recipient_name": 100, "address": 500}
+LIMITS = {"reference": 64, "recipient_name": 100, "address": 500, "case_cause": 200, "case_number": 100,
+          "documents": 500, "remarks": 500}
+# One served document: a name, then optionally ×, x, X or * and a count ("起诉状副本×1", "传票 x 2").
+DOCUMENT_ITEM = re.compile(r"^(?P<name>.+?)\s*(?:[×xX*＊]\s*(?P<count>[0-9]{1,3}))?$")
+DOCUMENT_SEPARATORS = re.compile(r"[;；]")
 BATCH = 500
 UTF8_BOM = codecs.BOM_UTF8
 # Tried in this order: strict UTF-8 rejects nearly every GBK text, so a file that decodes as UTF-8 is UTF-8.
@@ -51,15 +57,29 @@ def mask_address(address: str) -> str:
     return address[:6] + "…" if len(address) > 6 else address
 
 
+def parse_documents(documents: str | None) -> list[tuple[str, int | None]]:
+    """The served documents as (name, count or None when not stated), from "起诉状副本×1;传票×1"."""
+    items = [item.strip() for item in DOCUMENT_SEPARATORS.split(documents or "")]
+    parsed = []
+    for item in filter(None, items):
+        match = DOCUMENT_ITEM.match(item)
+        parsed.append((match["name"], int(match["count"]) if match["count"] else None))
+    return parsed
+
+
 def validate(fields: dict[str, str | None]) -> dict:
     """Clean, typed delivery fields; DeliveryInputError naming the first bad one."""
-    clean = {name: (fields.get(name) or "").strip() for name in CSV_HEADER}
+    clean = {name: (fields.get(name) or "").strip() for name in (*CSV_HEADER, *OPTIONAL_COLUMNS)}
     for name in ("reference", "recipient_name", "phone", "address", "carrier", "tracking_number"):
         if not clean[name]:
             raise DeliveryInputError(f"{name} is empty")
     for name, limit in LIMITS.items():
         if len(clean[name]) > limit:
             raise DeliveryInputError(f"{name} is longer than {limit} characters")
+    if any(count == 0 for _, count in parse_documents(clean["documents"])):
+        raise DeliveryInputError(f"documents {clean['documents']!r}: a document count must be 1 or more")
+    for name in OPTIONAL_COLUMNS:
+        clean[name] = clean[name] or None
     clean["carrier"] = clean["carrier"].lower()
     if not CARRIER_CODE.match(clean["carrier"]):
         raise DeliveryInputError(f"carrier {clean['carrier']!r} is not a Kuaidi100 company code (ems, shunfeng, …)")
@@ -91,7 +111,8 @@ def import_csv(session: Session, path: Path) -> ImportReport:
     """Insert every valid row not already registered; report each bad row by its line number.
 
     The file is UTF-8 (with or without BOM) or GB18030/GBK, LF or CRLF. A header without one of
-    CSV_HEADER, or a file in neither encoding, is one DeliveryInputError; an unknown column is a warning.
+    CSV_HEADER, or a file in neither encoding, is one DeliveryInputError; OPTIONAL_COLUMNS may be there
+    or not; any other column is a warning.
     """
     encoding = csv_encoding(path)
     report = ImportReport()
@@ -159,7 +180,8 @@ def _check_header(path: Path, reader: csv.DictReader, report: ImportReport) -> N
     repeated = sorted({name for name in names if names.count(name) > 1})
     if repeated:
         raise DeliveryInputError(f"{path.name}: header repeats {', '.join(repeated)}")
-    report.warnings += [f"unknown column {name!r} ignored" for name in names if name not in CSV_HEADER]
+    known = {*CSV_HEADER, *OPTIONAL_COLUMNS}
+    report.warnings += [f"unknown column {name!r} ignored" for name in names if name not in known]
 
 
 def _import_rows(session: Session, reader: csv.DictReader, report: ImportReport) -> None:
@@ -217,6 +239,7 @@ def delivery_summary(delivery: Delivery) -> dict:
         "last_polled_at": _iso(delivery.last_polled_at), "next_poll_at": _iso(delivery.next_poll_at),
         "last_error": delivery.last_error, "evidence_status": delivery.evidence_status,
         "evidence_error": delivery.evidence_error,
+        **{name: getattr(delivery, name) for name in OPTIONAL_COLUMNS},
     }
 
 

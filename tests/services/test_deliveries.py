@@ -170,3 +170,39 @@ def test_rows_with_too_many_or_too_few_fields_or_a_huge_field_are_rejected_by_li
     path.write_text(f"\"{'长' * 200_000}\"\n", encoding="utf-8")
     with pytest.raises(DeliveryInputError, match="^deliveries.csv: the header is not readable as CSV: field larger"):
         import_csv(session, path)
+
+
+def test_the_receipt_form_columns_are_optional_and_stored(session, tmp_path):
+    path = tmp_path / "deliveries.csv"
+    path.write_text(f"{CSV_HEADER_LINE},case_cause,case_number,documents,remarks,colour\n"
+                    "CASE-1,张三,13800138000,北京市朝阳区建国路1号,ems,EM123456789CN,,民间借贷纠纷,"
+                    "（2026）京0105民初123号,起诉状副本×1;传票×1,请签收,red\n"
+                    "CASE-2,李四,13900139000,上海市,ems,EM2222222,,,,,,\n"
+                    "CASE-3,王五,13900139000,上海市,ems,EM3333333,,,,传票×0,,\n", encoding="utf-8")
+    report = import_csv(session, path)
+    session.commit()
+    assert report.inserted == 2
+    assert report.warnings == ["unknown column 'colour' ignored"], "the four form columns are known"
+    assert report.errors == [(4, "documents '传票×0': a document count must be 1 or more")]
+    rows = session.execute(select(Delivery.reference, Delivery.case_cause, Delivery.case_number, Delivery.documents,
+                                  Delivery.remarks).order_by(Delivery.reference)).all()
+    assert [tuple(row) for row in rows] == [
+        ("CASE-1", "民间借贷纠纷", "（2026）京0105民初123号", "起诉状副本×1;传票×1", "请签收"),
+        ("CASE-2", None, None, None, None)]
+
+
+def test_a_csv_without_the_form_columns_still_imports(session, tmp_path):
+    path = tmp_path / "deliveries.csv"
+    path.write_text(f"{CSV_HEADER_LINE}\nCASE-1,张三,13800138000,北京市,ems,EM123456789CN,\n", encoding="utf-8")
+    report = import_csv(session, path)
+    assert (report.inserted, report.warnings, report.errors) == (1, [], [])
+
+
+@pytest.mark.parametrize(("documents", "parsed"), [
+    ("起诉状副本×1;传票×2", [("起诉状副本", 1), ("传票", 2)]),
+    ("起诉状副本 x 1；应诉通知书*3; 举证通知书", [("起诉状副本", 1), ("应诉通知书", 3), ("举证通知书", None)]),
+    ("", []), (None, [])])
+def test_documents_are_parsed_into_names_and_counts(documents, parsed):
+    from app.services.deliveries import parse_documents
+
+    assert parse_documents(documents) == parsed
