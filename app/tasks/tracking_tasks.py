@@ -1,6 +1,7 @@
 """Monitoring and tracking tasks (the seed routes the health check here too)."""
 
 import logging
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from functools import lru_cache
 from zoneinfo import ZoneInfo
@@ -172,6 +173,16 @@ def poll_tracking_chunk(delivery_ids: list[int], claimed_at: str | None = None) 
                               on_delivered=lambda delivery_id: send_evidence([delivery_id]),
                               polled_since=datetime.fromisoformat(claimed_at) if claimed_at else None)
     return summary.as_dict()
+
+
+def send_polls(delivery_id: int, delays: Sequence[float]) -> None:
+    """Poll one delivery after each of `delays` seconds, outside the schedule (a delivery just registered).
+
+    Unclaimed: a scheduled run may poll it as well, which stores nothing twice; once it is delivered
+    the remaining polls skip it without asking the carrier.
+    """
+    for delay in delays:
+        poll_tracking_chunk.apply_async(([delivery_id],), countdown=delay)
 
 
 def _slow_job_cutoffs(now: datetime) -> dict[str, datetime]:
