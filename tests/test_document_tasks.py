@@ -31,6 +31,9 @@ def delivery_id(django_db):
         delivery = Delivery(reference="CASE-DOC", recipient_name="张三", phone="13800138000", address="北京市",
                             carrier="ems", tracking_number="EMDOC0001")
         session.add(delivery)
+        session.flush()
+        # SQLite reuses a deleted row's id: rows another test left for an earlier delivery of this id go.
+        session.execute(delete(DeliveryFile).where(DeliveryFile.delivery_id == delivery.id))
     yield delivery.id
     with session_scope() as session:
         session.execute(delete(DeliveryFile).where(DeliveryFile.delivery_id == delivery.id))
