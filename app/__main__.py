@@ -319,15 +319,16 @@ def run_reports(args) -> int:
 
 
 def print_report(details: dict, as_json: bool) -> int:
+    from app.services.reports.render import overview_rows
+
     if as_json:
         print(json.dumps(details, ensure_ascii=False, indent=2))
         return 0
     numbers = details["numbers"]
     print(f"{details['kind']} report from {details['period_start']} to {details['period_end']} (exclusive), "
           f"generated {details['generated_at']}\nhtml  {details['html_path']}\ncsv   {details['csv_path']}\n")
-    overview = [*numbers["deliveries"].items(), ("receipts_issued", numbers["receipts_issued"]),
-                *((f"{key}_hours", value) for key, value in numbers["time_to_delivery_hours"].items())]
-    print(table(None, [[key, _dash(value)] for key, value in overview]), end="\n\n")
+    print(table(["figure", "value", "basis 口径"],
+                [[key, _dash(value), basis] for key, value, basis in overview_rows(numbers)]), end="\n\n")
     print(table(["carrier", "created", "delivered", "median hours"],
                 [[c["carrier"], c["created"], c["delivered"], _dash(c["median_hours"])] for c in numbers["carriers"]])
           or "no deliveries", end="\n\n")

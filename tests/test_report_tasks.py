@@ -82,6 +82,8 @@ def test_reports_generate_then_show(tmp_path):
     assert shown["numbers"]["carriers"][0]["carrier"] == "ems"
     text = run_app(tmp_path / "var", "reports", "show", "monthly", today)
     assert text.returncode == 0 and f"html  {html}" in text.stdout and "ems" in text.stdout
+    assert "receipts_issued_signed_earlier" in text.stdout and "collection to signing" in text.stdout, \
+        "every figure shown with its basis"
     again = run_app(tmp_path / "var", "reports", "generate", "monthly", today)
     assert again.stdout.startswith("replaced the monthly report")
 

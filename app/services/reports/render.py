@@ -138,6 +138,15 @@ def csv_rows(numbers: dict) -> list[tuple[str, str, object, str]]:
     return rows
 
 
+def overview_rows(numbers: dict) -> list[tuple[str, object, str]]:
+    """(figure, value, basis) of the report's headline figures, as `reports show` prints them."""
+    return [*((key, value, DELIVERIES_BASIS.get(key, "")) for key, value in numbers["deliveries"].items()),
+            ("receipts_issued", numbers["receipts_issued"], _receipts_basis(numbers)),
+            ("receipts_issued_signed_earlier", numbers["receipts_issued_signed_earlier"], RECEIPTS_EARLIER_BASIS),
+            *((f"{key}_hours", value, _duration_basis(numbers))
+              for key, value in numbers["time_to_delivery_hours"].items())]
+
+
 def _duration_basis(numbers: dict) -> str:
     return DURATION_BASIS.format(measured=sum(b["count"] for b in numbers["time_to_delivery_buckets"]))
 
