@@ -4,10 +4,11 @@ STAMP := $(VENV)/.requirements-installed
 
 .PHONY: run test bench clean-venv
 
-$(STAMP): requirements.txt
+# One venv for running and testing: requirements-test.txt includes requirements.txt (the image installs only that).
+$(STAMP): requirements.txt requirements-test.txt
 	python3 -m venv $(VENV)
 	$(PYTHON) -m pip install --quiet --upgrade pip
-	$(PYTHON) -m pip install --quiet -r requirements.txt
+	$(PYTHON) -m pip install --quiet -r requirements-test.txt
 	touch $(STAMP)
 
 ## Run broker (embedded default), beat and one worker on all five queues in the foreground.

@@ -73,6 +73,9 @@ def _simulator_parser(commands) -> None:
                                     description="The carrier the embedded default tracks against "
                                                 "(TRACKING_PROVIDER=simulator); SIMULATOR_* settings apply.")
     simulator.add_argument("--port", type=int, default=None, help="default: SIMULATOR_PORT")
+    simulator.add_argument("--host", default="127.0.0.1",
+                           help="address to listen on (default 127.0.0.1; 0.0.0.0 in a container other "
+                                "containers reach by SIMULATOR_HOST)")
 
 
 def run_simulator(args) -> int:
@@ -87,7 +90,7 @@ def run_simulator(args) -> int:
                                  rate_limit=settings.simulator_rate_limit, pace=settings.simulator_pace)
     server = SimulatorServer(simulator,
                              port=args.port or settings.simulator_port,
-                             latency=settings.simulator_latency_ms / 1000).start()
+                             latency=settings.simulator_latency_ms / 1000, host=args.host).start()
     print(f"Kuaidi100 simulator at {server.url}", flush=True)
     stopped = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stopped.set())

@@ -14,7 +14,7 @@ import yaml
 from celery import Celery
 
 from app.core.config import Settings
-from app.manager.cli import build_parser, cmd_migrate
+from app.manager.cli import build_parser, cmd_health, cmd_migrate
 from app.manager.processes import FLOWER_APP, service_process
 from app.tasks.celery_app import HARD_TIME_LIMIT, SOFT_TIME_LIMIT
 from app.tasks.queues import Queue
@@ -28,6 +28,15 @@ INSTALL_DIR = "/opt/celery-beat-service"
 VENV_BIN = f"{INSTALL_DIR}/.venv/bin/"
 WORKERS = ["celery_worker_high", "celery_worker_tracking", "celery_worker_evidence", "celery_worker_low"]
 APP_SERVICES = ["migrate", *WORKERS, "celery_beat", "flower", "admin"]
+IMAGE_SERVICES = [*APP_SERVICES, "carrier_simulator"]
+IMAGE = "celery-beat-service:latest"
+HEALTH_CHECKED = {**{name: "worker" for name in WORKERS}, "celery_beat": "beat", "flower": "flower", "admin": "admin"}
+DOCS_AND_UNITS = [ROOT / "README.md", ROOT / "CELERY_BEAT_CONFIG.md", COMPOSE_FILE, ENV_EXAMPLE,
+                  *sorted(SYSTEMD_DIR.iterdir())]
+# What the docs said before several beats became safe; none of it may come back.
+ONE_BEAT_ONLY = re.compile(r"exactly one|只能有一个|不要 scale|never scale|only one beat|只启用一个|sends every job twice"
+                           r"|do not scale|one beat only|single beat", re.I)
+TEST_ONLY_PACKAGES = {"pytest", "pytest-xdist", "pytest-timeout", "zxing-cpp", "pyyaml"}
 UNITS = ["celery-beat.service", "celery-worker@.service", "celery-flower.service", "celery-admin.service"]
 FLOWER_LOGIN = "ops:s3cret"
 POSTGRES_PASSWORD = "pg-s3cret"
@@ -219,12 +228,44 @@ def test_app_services_wait_for_the_migration_and_healthy_backends():
 
 def test_app_services_share_one_image_environment_and_init():
     services = compose()["services"]
-    for name in APP_SERVICES:
+    for name in IMAGE_SERVICES:
         service = services[name]
-        assert (service["build"], service["image"], service["init"]) == (".", "celery-beat-service:latest", True), name
+        assert (service["image"], service["init"]) == (IMAGE, True), name
         assert service["environment"]["CELERY_BROKER_URL"] == "redis://redis:6379/0", name
         assert service["environment"]["CELERY_RESULT_BACKEND"] == "redis://redis:6379/1", name
         assert service["environment"]["DATABASE_URL"].startswith("postgresql://"), name
+
+
+def test_the_image_is_built_once_by_the_service_every_other_waits_for():
+    services = compose()["services"]
+    builders = [name for name, service in services.items() if "build" in service]
+    assert builders == ["migrate"] and services["migrate"]["build"] == "."
+    for name in IMAGE_SERVICES[1:]:
+        assert services[name]["depends_on"]["migrate"] == {"condition": "service_completed_successfully"}, name
+    assert {service.get("image") for service in services.values() if service.get("image", "").startswith("celery")} \
+        == {IMAGE}
+
+
+@pytest.mark.parametrize("service", sorted(HEALTH_CHECKED))
+def test_app_services_have_a_healthcheck_that_is_a_real_manager_command(service):
+    check = compose()["services"][service]["healthcheck"]
+    assert check["test"][:3] == ["CMD", "python", "celery_beat_manager.py"]
+    args = build_parser().parse_args(check["test"][3:])
+    assert (args.handler, args.service) == (cmd_health, HEALTH_CHECKED[service])
+    assert seconds(check["timeout"]) < seconds(check["interval"])
+
+
+def test_the_carrier_simulator_serves_the_compose_network_where_the_workers_look():
+    argv = words("carrier_simulator")
+    assert argv[:4] == ["python", "-m", "app", "simulator"]
+    assert option(argv, "--host") == "0.0.0.0"
+    environment = compose()["services"]["celery_worker_tracking"]["environment"]
+    assert environment["TRACKING_PROVIDER"] == "${TRACKING_PROVIDER:-simulator}"
+    settings = Settings(_env_file=None, tracking_provider="simulator", simulator_host=environment["SIMULATOR_HOST"],
+                        simulator_port=int(option(argv, "--port")))
+    assert settings.carrier_url == f"http://carrier_simulator:{option(argv, '--port')}/poll/query.do"
+    assert "carrier_simulator" in compose()["services"]
+    assert "ports" not in compose()["services"]["carrier_simulator"], "reachable inside the compose network only"
 
 
 def test_workers_may_finish_their_tasks_when_stopped():
@@ -265,6 +306,33 @@ def test_image_runs_as_a_non_root_user():
     assert user and user[-1] not in ("root", "0")
 
 
+def test_image_has_the_library_playwrights_driver_needs():
+    assert re.search(r"apt-get install[^\n]*\blibatomic1\b", DOCKERFILE.read_text())
+
+
+def requirement_names(path: Path) -> set[str]:
+    lines = (line.split("#")[0].strip() for line in path.read_text().splitlines())
+    return {re.split(r"[=<>\[ ]", line)[0].lower() for line in lines if line and not line.startswith("-")}
+
+
+def test_image_installs_runtime_requirements_only_and_make_installs_the_tests_too():
+    installed = re.findall(r"pip install[^\n]*-r (\S+)", DOCKERFILE.read_text())
+    assert installed == ["requirements.txt"]
+    assert not requirement_names(ROOT / "requirements.txt") & TEST_ONLY_PACKAGES
+    test_requirements = ROOT / "requirements-test.txt"
+    assert TEST_ONLY_PACKAGES <= requirement_names(test_requirements)
+    assert "-r requirements.txt" in test_requirements.read_text().splitlines()
+    stamp_rule = re.search(r"^\$\(STAMP\): (.+)$", (ROOT / "Makefile").read_text(), re.M).group(1).split()
+    assert stamp_rule == ["requirements.txt", "requirements-test.txt"]
+    assert "pip install --quiet -r requirements-test.txt" in (ROOT / "Makefile").read_text()
+
+
+@pytest.mark.parametrize("path", DOCS_AND_UNITS, ids=lambda path: path.name)
+def test_no_document_or_unit_says_only_one_beat_may_run(path):
+    said = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if ONE_BEAT_ONLY.search(line)]
+    assert not said, f"{path.name} contradicts 'several beats are safe, one leads': {said}"
+
+
 # -- .env.example ----------------------------------------------------------------------------
 
 
@@ -280,6 +348,27 @@ def test_every_env_example_variable_reaches_compose_or_the_app():
 def test_passed_through_variables_are_app_settings():
     fields = {name.upper() for name in Settings.model_fields}
     assert passed_through_variables() <= fields
+
+
+@needs_docker_compose
+def test_env_example_runs_on_the_simulator_until_kuaidi100s_three_variables_are_set(tmp_path):
+    def worker_settings(env_file: Path) -> Settings:
+        result = docker_compose("config", env_file=env_file, flower_login=FLOWER_LOGIN)
+        assert result.returncode == 0, result.stderr
+        environment = yaml.safe_load(result.stdout)["services"]["celery_worker_tracking"]["environment"]
+        fields = set(Settings.model_fields)
+        return Settings(_env_file=None, **{name.lower(): value for name, value in environment.items()
+                                           if name.lower() in fields and value is not None})
+
+    simulated = worker_settings(ENV_EXAMPLE)  # only the two secrets set
+    assert simulated.carrier_url.startswith("http://carrier_simulator:")
+    switched = tmp_path / ".env"
+    switched.write_text(ENV_EXAMPLE.read_text(encoding="utf-8").replace("TRACKING_PROVIDER=simulator", "TRACKING_PROVIDER=kuaidi100")
+                        .replace("KUAIDI100_CUSTOMER=\n", "KUAIDI100_CUSTOMER=customer\n")
+                        .replace("KUAIDI100_KEY=\n", "KUAIDI100_KEY=key\n"), encoding="utf-8")
+    kuaidi100 = worker_settings(switched)
+    assert (kuaidi100.tracking_provider, kuaidi100.carrier_account) == ("kuaidi100", ("customer", "key"))
+    assert kuaidi100.carrier_url == Settings.model_fields["kuaidi100_url"].default
 
 
 def test_env_example_values_are_valid_settings_once_filled_in():

@@ -284,3 +284,80 @@ def test_every_command_has_help(embedded_project):
                     "migrate", "createsuperuser"]:
         shown = embedded_project.manager(command, "--help")
         assert shown.returncode == 0 and "usage:" in shown.stdout, command
+
+
+# -- status and health where the processes are not ours (compose exec, another host) -----------
+
+
+def _beat_heartbeat(broker_url: str):
+    """A beat's lease and heartbeat in Redis, written by the real Leadership, as a beat in another container would."""
+    from app.core.broker import redis_client
+    from app.scheduling.leader import HEARTBEAT_PREFIX, LEASE_KEY, Leadership
+
+    client = redis_client(broker_url)
+    client.delete(LEASE_KEY, *client.scan_iter(match=HEARTBEAT_PREFIX + "*"))  # what earlier tests' beats left
+    leadership = Leadership(client, timeout=30, max_interval=5)
+    assert leadership.renew()
+    return leadership
+
+
+def test_status_judges_a_beat_without_a_pid_file_by_its_lease_and_heartbeat(tmp_path, redis_url):
+    from tests.support.project import Project
+
+    project = Project(tmp_path, {"CELERY_BROKER_URL": redis_url})
+    leadership = _beat_heartbeat(redis_url)
+    leading = project.manager("status")
+    assert leading.returncode == 0, leading.stdout + leading.stderr
+    beat_row = next(line for line in leading.stdout.splitlines() if line.startswith("beat"))
+    assert "running" in beat_row and f"no process here; cluster: {leadership.identity} leads" in beat_row
+
+    leadership.release()  # what a beat does at a clean stop: nobody leads now
+    stopped = project.manager("status")
+    assert stopped.returncode == 3, stopped.stdout + stopped.stderr
+    assert "not running: beat" in stopped.stderr
+
+
+def test_health_beat_needs_a_fresh_heartbeat_from_this_host(tmp_path, redis_url):
+    from app.core.broker import redis_client
+    from tests.support.project import Project
+
+    project = Project(tmp_path, {"CELERY_BROKER_URL": redis_url})
+    leadership = _beat_heartbeat(redis_url)
+    healthy = project.manager("health", "beat")
+    assert healthy.returncode == 0 and f"ok: beat {leadership.identity} leads" in healthy.stdout, healthy.stdout
+
+    redis_client(redis_url).delete(leadership.heartbeat_key)
+    unhealthy = project.manager("health", "beat")
+    assert unhealthy.returncode == 1 and "unhealthy: beat no heartbeat from host" in unhealthy.stdout
+
+
+def test_health_flower_asks_its_healthcheck_page(embedded_project):
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Healthcheck(BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - the http.server API
+            self.send_response(200 if self.path == "/healthcheck" else 404)
+            self.end_headers()
+            self.wfile.write(b"OK")
+
+        def log_message(self, *_):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", int(embedded_project.env["FLOWER_PORT"])), Healthcheck)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        answered = embedded_project.manager("health", "flower")
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert answered.returncode == 0 and "/healthcheck answered 200" in answered.stdout, answered.stdout
+    refused = embedded_project.manager("health", "flower")
+    assert refused.returncode == 1 and refused.stdout.startswith("unhealthy: flower")
+
+
+def test_check_starts_chromium_rather_than_trusting_the_file(embedded_project):
+    embedded_project.env.update(CHROMIUM_PATH="/bin/true")  # executable, but no browser: as a driver missing a library
+    lines = embedded_project.manager("check").stdout.splitlines()
+    chromium = next(line for line in lines if " chromium " in line)
+    assert chromium.startswith("FAIL") and "/bin/true found but Playwright could not start it" in chromium

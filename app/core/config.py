@@ -130,6 +130,9 @@ class Settings(BaseSettings):
     receipt_server: str | None = None  # 送达人 printed on receipts; unset = "未设置 / not configured"
     receipt_seal_path: Path | None = None  # a PNG seal drawn over the serving body; unset = no seal
     simulator_port: int = Field(8765, ge=1, le=65535)
+    # Where the workers reach the simulator: 127.0.0.1 (the manager runs it beside them), or the compose
+    # service `carrier_simulator`, which serves with `python -m app simulator --host 0.0.0.0`.
+    simulator_host: str = "127.0.0.1"
     simulator_latency_ms: float = Field(50.0, ge=0)
     simulator_error_rate: float = Field(0.0, ge=0, le=1)
     simulator_rate_limit: float | None = Field(None, gt=0)  # requests per second; unset = no limit
@@ -144,7 +147,7 @@ class Settings(BaseSettings):
     @property
     def carrier_url(self) -> str:
         if self.tracking_provider == "simulator":
-            return f"http://127.0.0.1:{self.simulator_port}/poll/query.do"
+            return f"http://{self.simulator_host}:{self.simulator_port}/poll/query.do"
         return self.kuaidi100_url
 
     @property

@@ -194,7 +194,9 @@ def _wait_any(children: dict, broker: EmbeddedBroker | None) -> str:
 # -- status / check --------------------------------------------------------------------------
 
 
-def _service_rows(settings: Settings, names: list[str], liveness) -> tuple[list[list[str]], dict[str, bool]]:
+def _service_rows(settings: Settings, names: list[str], liveness,
+                  workers: dict | None) -> tuple[list[list[str]], dict[str, bool]]:
+    """One row per service; a beat or worker with no process here is judged by the broker (compose, other hosts)."""
     rows, running = [], {}
     broker = _broker(settings)
     if broker:
@@ -205,7 +207,36 @@ def _service_rows(settings: Settings, names: list[str], liveness) -> tuple[list[
         rows.append(_stats_row(name, state.pid if state.running else None, ""))
         if name == "beat" and state.running:
             running[name] = _judge_beat(rows[-1], state.pid, liveness, settings.beat_leader_timeout)
+        elif name == "beat":
+            running[name] = _judge_cluster_beat(rows[-1], liveness, state.pid)
+        elif name == "worker" and not state.running:
+            running[name] = _judge_cluster_workers(rows[-1], workers)
     return rows, running
+
+
+def _judge_cluster_beat(row: list[str], liveness, dead_local_pid: int | None) -> bool:
+    """No beat process here: whether some beat leads and ticks, from the lease and heartbeats in the broker.
+
+    A heartbeat left by the beat whose stale PID file was just removed here is not taken for a live one.
+    """
+    if liveness is None:
+        return False
+    host = socket.gethostname()
+    leader = next((b for b in liveness.heartbeats if b.leading), None)
+    dead_here = leader is not None and leader.host == host and leader.pid == dead_local_pid
+    if liveness.ok and not dead_here:
+        row[1], row[6] = paint("running", "green"), f"no process here; cluster: {liveness.detail}"
+        return True
+    row[6] = f"no process here; cluster: {liveness.detail}"
+    return False
+
+
+def _judge_cluster_workers(row: list[str], workers: dict | None) -> bool:
+    """No worker process here: whether any worker answered the ping."""
+    if not workers:
+        return False
+    row[1], row[6] = paint("running", "green"), f"no process here; {len(workers)} answer a ping"
+    return True
 
 
 def _stats_row(name: str, pid: int | None, note: str) -> list[str]:
@@ -240,7 +271,8 @@ def cmd_status(settings: Settings, args) -> int:
     names = _all_services(settings) if args.service == "all" else (args.service,)
     broker_probe = inspect.probe_broker(settings)
     liveness = inspect.beat_liveness(settings) if broker_probe.ok else None
-    rows, running = _service_rows(settings, list(names), liveness)
+    workers = inspect.worker_queues() if broker_probe.ok else {}
+    rows, running = _service_rows(settings, list(names), liveness, workers)
     print(table(["service", "state", "pid", "uptime", "cpu", "memory", ""], rows))
     print()
     database_probe = inspect.probe_database(settings)
@@ -250,9 +282,7 @@ def cmd_status(settings: Settings, args) -> int:
     ]
     if liveness is not None:
         facts.append(["leader", _ok(liveness.ok, "ok", "none"), liveness.detail])
-    workers = {}
     if broker_probe.ok:
-        workers = inspect.worker_queues()
         facts.append(["workers", str(len(workers)), "; ".join(f"{w}: {', '.join(q)}" for w, q in workers.items()) or "none answered a ping"])
         depths = inspect.queue_depths(settings)
         facts.append(["queued", str(sum(depths.values())), "  ".join(f"{q} {n}" for q, n in depths.items())])
@@ -373,14 +403,28 @@ def _checks(settings: Settings):
 def _evidence_checks(settings: Settings):
     """What the screenshot and receipt workers need on this host: Chromium and a Chinese font."""
     from app.services.errors import MissingDependencyError
-    from app.services.evidence.browser import chromium_executable
     from app.services.evidence.fonts import cjk_font_path
 
-    for name, find in (("chromium", chromium_executable), ("cjk font", cjk_font_path)):
+    for name, find in (("chromium", _launched_chromium), ("cjk font", cjk_font_path)):
         try:
             yield True, name, str(find(settings))
         except MissingDependencyError as error:
             yield False, name, str(error)
+
+
+def _launched_chromium(settings: Settings) -> str:
+    """The Chromium a screenshot would use, once Playwright's driver has started it and closed it again."""
+    from app.services.errors import MissingDependencyError
+    from app.services.evidence.browser import chromium_executable
+    from app.services.health import chromium_launch
+
+    executable = chromium_executable(settings)
+    try:
+        version = chromium_launch(executable, settings.screenshot_timeout)
+    except Exception as error:  # noqa: BLE001 - whatever stops the driver or the browser is the finding
+        first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise MissingDependencyError(f"{executable} found but Playwright could not start it: {first_line}") from None
+    return f"{executable} (started and closed by Playwright, version {version})"
 
 
 def _schedule_checks():
@@ -423,6 +467,69 @@ def _worker_checks():
     consumed = {queue for queues in consumers.values() for queue in queues}
     idle = [q.value for q in Queue if q.value not in consumed]
     yield not idle, "queues", (f"consumed by no worker: {', '.join(idle)}" if idle else "every queue has a consumer")
+
+
+# -- health (container healthchecks) ---------------------------------------------------------
+
+HEALTH_TIMEOUT = 5.0
+
+
+def cmd_health(settings: Settings, args) -> int:
+    """One service of this host (container) in one line: exit 0 when it does its job, 1 when not."""
+    ok, detail = HEALTH_PROBES[args.service](settings)
+    print(f"{'ok' if ok else 'unhealthy'}: {args.service} {detail}")
+    return EXIT_OK if ok else EXIT_ERROR
+
+
+def _beat_health(settings: Settings) -> tuple[bool, str]:
+    """A beat on this host wrote its heartbeat within BEAT_LEADER_TIMEOUT (leading or standing by)."""
+    liveness = inspect.beat_liveness(settings)
+    if liveness is None:
+        return False, f"cannot tell: broker {masked_url(settings.broker_url)} unreachable"
+    host = socket.gethostname()
+    here = [beat for beat in liveness.heartbeats if beat.host == host]
+    if not here:
+        return False, f"no heartbeat from host {host}"
+    beat = min(here, key=lambda b: b.age_seconds)
+    role = "leads" if beat.leading else "stands by"
+    if not beat.alive(settings.beat_leader_timeout):
+        return False, (f"{beat.identity} has not ticked for {beat.age_seconds:.0f} s "
+                       f"(BEAT_LEADER_TIMEOUT {settings.beat_leader_timeout:.0f} s)")
+    return True, f"{beat.identity} {role}, last tick {beat.age_seconds:.1f} s ago"
+
+
+def _worker_health(settings: Settings) -> tuple[bool, str]:
+    """A worker named …@<this host> answers a ping."""
+    if not inspect.probe_broker(settings).ok:
+        return False, f"cannot tell: broker {masked_url(settings.broker_url)} unreachable"
+    suffix = f"@{socket.gethostname()}"
+    answered = [name for name in inspect.ping_workers(HEALTH_TIMEOUT) if name.endswith(suffix)]
+    return bool(answered), (f"{', '.join(answered)} answered a ping" if answered
+                            else f"no worker *{suffix} answered a ping within {HEALTH_TIMEOUT:.0f} s")
+
+
+def _http_health(url: str, host: str | None) -> tuple[bool, str]:
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(url, headers={"Host": host} if host else {})
+    try:
+        with urllib.request.urlopen(request, timeout=HEALTH_TIMEOUT) as response:  # noqa: S310 - our own URL
+            return response.status == 200, f"{url} answered {response.status}"
+    except (urllib.error.URLError, OSError) as error:
+        return False, f"{url}: {getattr(error, 'reason', error)}"
+
+
+def _flower_health(settings: Settings) -> tuple[bool, str]:
+    return _http_health(f"http://127.0.0.1:{settings.flower_port}/healthcheck", None)
+
+
+def _admin_health(settings: Settings) -> tuple[bool, str]:
+    hosts = settings.admin_hosts
+    return _http_health(f"http://127.0.0.1:{settings.admin_port}/admin/login/", hosts[0] if hosts else None)
+
+
+HEALTH_PROBES = {"beat": _beat_health, "worker": _worker_health, "flower": _flower_health, "admin": _admin_health}
 
 
 # -- logs / list / clear / run ---------------------------------------------------------------
@@ -672,6 +779,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--timeout", type=float, default=RUN_TIMEOUT, help=f"seconds to wait (default {RUN_TIMEOUT:.0f})")
 
     command("check", cmd_check, "故障排除 / run the troubleshooting checks, one line each")
+
+    health = command("health", cmd_health, "健康检查 / whether this host's beat, worker, Flower or admin works",
+                     "For container healthchecks: beat = a beat here ticked within BEAT_LEADER_TIMEOUT "
+                     "(leader or standby); worker = a worker named …@<this host> answers a ping; flower = "
+                     "/healthcheck answers 200; admin = the login page answers 200. Exit 0 healthy, 1 not.")
+    health.add_argument("service", choices=list(HEALTH_PROBES), help="beat, worker, flower or admin")
 
     command("migrate", cmd_migrate, "数据库迁移 / apply every pending schema migration and exit",
             "Beat and workers migrate by themselves at start; this is for deployments that migrate "

@@ -92,3 +92,10 @@ def worker_tasks(timeout: float = 1.5) -> dict[str, set[str]]:
 
     replies = app.control.inspect(timeout=timeout).registered() or {}
     return {worker: set(tasks) for worker, tasks in replies.items()}
+
+
+def ping_workers(timeout: float) -> list[str]:
+    """The names of the workers that answered a ping within `timeout` seconds."""
+    from app.tasks.celery_app import app
+
+    return sorted(name for reply in app.control.ping(timeout=timeout) or [] for name in reply)

@@ -98,3 +98,22 @@ def check_system_health(
         )
     return report
 
+
+
+def chromium_launch(executable: str, timeout_seconds: float) -> str:
+    """Start Playwright's driver and Chromium as a screenshot does, then close them; Chromium's version.
+
+    Finding the executable is not enough: the driver is a bundled node binary with shared libraries of its
+    own (libatomic.so.1), and a missing one fails every screenshot while the browser file looks fine.
+    """
+    from playwright.sync_api import sync_playwright
+
+    from app.services.evidence.browser import FLAGS
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=executable, headless=True, args=FLAGS,
+                                             timeout=timeout_seconds * 1000)
+        try:
+            return browser.version
+        finally:
+            browser.close()

@@ -176,12 +176,12 @@ def _tracking_reply(carrier: str, number: str, script: list[int], times: list[da
 
 
 class SimulatorServer:
-    """The simulator over HTTP on 127.0.0.1, in a background thread."""
+    """The simulator over HTTP (on 127.0.0.1 unless told otherwise), in a background thread."""
 
-    def __init__(self, simulator: CarrierSimulator, port: int = 0, latency: float = 0.0):
+    def __init__(self, simulator: CarrierSimulator, port: int = 0, latency: float = 0.0, host: str = "127.0.0.1"):
         self.simulator, self.latency = simulator, latency
         handler = self._handler()
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", port), handler)
+        self.httpd = ThreadingHTTPServer((host, port), handler)
         self.httpd.daemon_threads = True
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
 
