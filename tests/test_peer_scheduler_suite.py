@@ -36,7 +36,7 @@ PEER_VERSION = "2.9.0"
 PEER_TESTS = "t/unit/test_schedulers.py"
 PEER_MODULE = "t.unit.test_schedulers"
 # requirements/test.txt of the sdist: pytest<9 and pytest-django<5; ephem and pytest-timeout come
-# from our own venv (requirements.txt).
+# from our own venv (requirements.txt and requirements-test.txt).
 PEER_REQUIREMENTS = ("pytest==8.4.2", "pytest-django==4.11.1")
 PEER_VENV_ROOT = REPO / ".venv-peer"
 CHILD_TIMEOUT = 600

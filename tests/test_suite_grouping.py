@@ -2,7 +2,7 @@
 
 pytest.ini distributes with `--dist loadgroup`; pytest 9.2 with pytest-xdist 3.8 silently stops
 grouping (pytest-dev/pytest-xdist#1386), and each backend's beat scenario then ran on both
-processes. requirements.txt pins pytest below that; this test fails when the grouping is lost.
+processes. requirements-test.txt pins pytest below that; this test fails when the grouping is lost.
 """
 
 import subprocess
