@@ -141,9 +141,15 @@ def logs_of(project: Project) -> str:
 
 
 def health_check(project: Project) -> dict:
-    ran = project.manager("run", "system-health-check", "--timeout", "60", timeout=90)
-    assert ran.returncode == 0, ran.stdout + ran.stderr
-    return json.loads(ran.stdout)
+    """The health check's report, once a worker answers on its queue: a worker that has just reconnected
+    to the broker runs tasks before its remote-control channel answers `run`'s inspect (CI, loaded)."""
+    def ran():
+        done = project.manager("run", "system-health-check", "--timeout", "60", timeout=90)
+        return done if "no running worker consumes" not in done.stderr else None
+
+    done = wait_until(ran, 60, "a worker answering on high_priority")
+    assert done.returncode == 0, done.stdout + done.stderr
+    return json.loads(done.stdout)
 
 
 def test_broker_volume_full_worker_and_beat_stay_up_alert_and_resume(copy, robot):
