@@ -180,3 +180,21 @@ def carrier_simulator(settings):
     server = SimulatorServer(CarrierSimulator(*SIMULATOR_ACCOUNT), port=settings.simulator_port).start()
     yield server
     server.stop()
+
+
+@pytest.fixture
+def cli_delivery(tmp_path):
+    """A delivered delivery with its screenshot in the database and files root a CLI run with VAR_DIR sees."""
+    from sqlalchemy.orm import sessionmaker
+
+    from app.core.database import make_engine
+    from app.core.migrations import upgrade_app_schema
+    from tests.services.test_receipt import add_delivered
+
+    var_dir = tmp_path / "var"
+    var_dir.mkdir()
+    engine = make_engine(f"sqlite:///{var_dir / 'app.db'}")
+    upgrade_app_schema(engine)
+    delivery_id = add_delivered(sessionmaker(bind=engine, expire_on_commit=False), var_dir / "files")
+    engine.dispose()
+    return var_dir, delivery_id

@@ -2,12 +2,7 @@
 
 import json
 
-from sqlalchemy.orm import sessionmaker
-
-from app.core.database import make_engine
-from app.core.migrations import upgrade_app_schema
 from app.services.evidence.receipt import qr_claim_of
-from tests.services.test_receipt import add_delivered
 from tests.support.app_cli import run_app
 
 
@@ -28,13 +23,8 @@ def test_deliveries_add_takes_the_form_fields(tmp_path):
     assert refused.returncode == 1 and "a document count must be 1 or more" in refused.stderr
 
 
-def test_receipts_verify_qr_checks_a_scanned_code(tmp_path):
-    var_dir = tmp_path / "var"
-    var_dir.mkdir()
-    engine = make_engine(f"sqlite:///{var_dir / 'app.db'}")
-    upgrade_app_schema(engine)
-    delivery_id = add_delivered(sessionmaker(bind=engine, expire_on_commit=False), var_dir / "files")
-    engine.dispose()
+def test_receipts_verify_qr_checks_a_scanned_code(cli_delivery):
+    var_dir, delivery_id = cli_delivery
     assert run_app(var_dir, "receipts", "generate", str(delivery_id)).returncode == 0
     [shown] = json.loads(run_app(var_dir, "receipts", "show", str(delivery_id), "--json").stdout)
     claim = qr_claim_of(var_dir / "files" / shown["path"])

@@ -8,10 +8,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 from sqlalchemy import delete
-from sqlalchemy.orm import sessionmaker
 
-from app.core.database import SessionFactory, make_engine, session_scope
-from app.core.migrations import upgrade_app_schema
+from app.core.database import SessionFactory, session_scope
 from app.models import Delivery, DeliveryFile, TrackingEvent
 from tests.services.test_receipt import add_delivered
 from tests.support.app_cli import run_app
@@ -98,18 +96,6 @@ def test_task_with_a_screenshot_too_large_to_embed_fails_at_once_saying_why(work
     assert line["state"] == "FAILURE" and line["retries"] == 0, "what cannot be rendered is not retried"
     wait_until(lambda: evidence_of(delivery_id)[0] == "failed")
     assert evidence_of(delivery_id)[1].startswith("receipt: EvidenceTooLargeError: the screenshot is 900x40000 px")
-
-
-@pytest.fixture
-def cli_delivery(tmp_path):
-    """A delivered delivery with its screenshot in the database and files root a CLI run with VAR_DIR sees."""
-    var_dir = tmp_path / "var"
-    var_dir.mkdir()
-    engine = make_engine(f"sqlite:///{var_dir / 'app.db'}")
-    upgrade_app_schema(engine)
-    delivery_id = add_delivered(sessionmaker(bind=engine, expire_on_commit=False), var_dir / "files")
-    engine.dispose()
-    return var_dir, delivery_id
 
 
 def test_cli_generates_shows_and_verifies_a_receipt(cli_delivery, tmp_path):
