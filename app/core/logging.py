@@ -1,8 +1,10 @@
-"""The task results log (one JSON line per finished task in logs/task_results.log), and errors told in one line."""
+"""The task results log (one JSON line per finished task in logs/task_results.log), errors told in one line,
+and libraries' chatter kept out of info-level output."""
 
 import json
 import logging
 import time
+from collections.abc import Callable, Mapping
 from logging.handlers import WatchedFileHandler
 from pathlib import Path
 
@@ -19,7 +21,61 @@ def quiet_http_client_loggers() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
-quiet_http_client_loggers()  # on import: the Celery app and app.services.alerts import this module
+# Library records that are chatter to someone watching the services at info level: told at debug instead.
+# Logger name -> the message templates (a record's `msg`, before its arguments are put in) so told.
+LIBRARY_CHATTER = {
+    # Alembic names each of its plugins when imported, and its dialect at every look for migrations to run.
+    "alembic.runtime.plugins": ("setup plugin %s",),
+    "alembic.runtime.migration": ("Context impl %s.", "Will assume %s DDL."),
+    "axes.apps": ("AXES: BEGIN version %s, %s",),
+    # "mingle: sync with %s nodes" stays: it names the other workers found.
+    "celery.worker.consumer.mingle": ("mingle: searching for neighbors", "mingle: all alone", "mingle: sync complete"),
+    "flower.command": ("Registered tasks: \n%s",),  # every task name, one line each
+    # No worker answered Flower in time: at every start Flower asks while the worker is still starting.
+    # A broker error has its own template ("Inspect method %s failed: %s") and stays a warning.
+    "flower.inspector": ("Inspect method %s failed",),
+}
+# The User-Agent of the manager's health checks (`health admin`, the compose healthchecks).
+HEALTH_PROBE_AGENT = "celery-beat-manager-health"
+
+
+class TellAtDebug(logging.Filter):
+    """Turns the records `is_chatter` picks into DEBUG records, let through only when their logger shows debug."""
+
+    def __init__(self, is_chatter: Callable[[logging.LogRecord], bool]):
+        super().__init__()
+        self.is_chatter = is_chatter
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not self.is_chatter(record):
+            return True
+        record.levelno, record.levelname = logging.DEBUG, logging.getLevelName(logging.DEBUG)
+        return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
+
+
+def is_health_probe(record: logging.LogRecord) -> bool:
+    """A gunicorn access line of one of the manager's health checks that was answered 200."""
+    atoms = record.args if isinstance(record.args, Mapping) else {}
+    return str(atoms.get("a", "")).startswith(HEALTH_PROBE_AGENT) and str(atoms.get("s", "")) == "200"
+
+
+def _says_one_of(templates: tuple[str, ...]) -> Callable[[logging.LogRecord], bool]:
+    return lambda record: record.msg in templates
+
+
+def quiet_library_chatter() -> None:
+    """Tell LIBRARY_CHATTER and the health checks' access lines at debug level; calling it again changes nothing."""
+    pickers = {name: _says_one_of(templates) for name, templates in LIBRARY_CHATTER.items()}
+    pickers["gunicorn.access"] = is_health_probe
+    for name, is_chatter in pickers.items():
+        logger = logging.getLogger(name)
+        if not any(isinstance(existing, TellAtDebug) for existing in logger.filters):
+            logger.addFilter(TellAtDebug(is_chatter))
+
+
+# On import: the Celery app (worker, beat, Flower) and app.services.alerts import this module.
+quiet_http_client_loggers()
+quiet_library_chatter()
 
 
 def task_results_logger(logs_dir: Path) -> logging.Logger:

@@ -3,6 +3,7 @@
 `cleanup-logs` rotates by renaming; a WatchedFileHandler notices the rename and reopens the
 file, so nothing is written into the rotated file or lost. Celery's own --logfile already works
 this way; Flower (tornado's RotatingFileHandler) and gunicorn (a plain FileHandler) do not.
+Both also tell their libraries' chatter at debug level only (app.core.logging.quiet_library_chatter).
 
     python -m app.manager.watched_logs LOGFILE celery -A app.manager.flower_login flower ...
     python -m app.manager.watched_logs LOGFILE gunicorn app.core.wsgi:application ...
@@ -11,6 +12,8 @@ this way; Flower (tornado's RotatingFileHandler) and gunicorn (a plain FileHandl
 import logging
 import sys
 from logging.handlers import WatchedFileHandler
+
+from app.core.logging import quiet_library_chatter
 
 LOG_FORMAT = "[%(asctime)s: %(levelname)s/%(processName)s] %(name)s: %(message)s"
 
@@ -21,8 +24,8 @@ def watched_handler(logfile: str) -> WatchedFileHandler:
     return handler
 
 
-def gunicorn_log_config(logfile: str) -> dict:
-    """gunicorn's logconfig_dict: error and access lines into one watched file."""
+def gunicorn_log_config(logfile: str, level: str = "INFO") -> dict:
+    """gunicorn's logconfig_dict: error and access lines into one watched file, at `level` (its --log-level)."""
     handler = {"class": "logging.handlers.WatchedFileHandler", "filename": logfile, "encoding": "utf-8",
                "formatter": "plain"}
     return {
@@ -30,8 +33,8 @@ def gunicorn_log_config(logfile: str) -> dict:
         "disable_existing_loggers": False,
         "formatters": {"plain": {"format": LOG_FORMAT}},
         "handlers": {"file": handler},
-        "root": {"level": "INFO", "handlers": ["file"]},  # replaces gunicorn's default console root
-        "loggers": {name: {"handlers": ["file"], "level": "INFO", "propagate": False}
+        "root": {"level": level, "handlers": ["file"]},  # replaces gunicorn's default console root
+        "loggers": {name: {"handlers": ["file"], "level": level, "propagate": False}
                     for name in ("gunicorn.error", "gunicorn.access")},
     }
 
@@ -41,6 +44,7 @@ def run_flower(logfile: str, celery_args: list[str]) -> int:
     from celery.bin.celery import main as celery_main
 
     logging.getLogger().addHandler(watched_handler(logfile))
+    quiet_library_chatter()
     sys.argv = ["celery", *celery_args]
     return celery_main()
 
@@ -51,8 +55,9 @@ def run_gunicorn(logfile: str, gunicorn_args: list[str]) -> int:
     class Application(WSGIApplication):
         def load_config(self):
             super().load_config()
-            self.cfg.set("logconfig_dict", gunicorn_log_config(logfile))
+            self.cfg.set("logconfig_dict", gunicorn_log_config(logfile, self.cfg.loglevel.upper()))
 
+    quiet_library_chatter()  # in the master, before it logs and forks the workers that load the app
     sys.argv = ["gunicorn", *gunicorn_args]
     Application("%(prog)s [OPTIONS] [APP_MODULE]").run()
     return 0
