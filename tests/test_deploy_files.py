@@ -14,10 +14,10 @@ import yaml
 from celery import Celery
 
 from app.core.config import Settings
-from app.manager.cli import build_parser, cmd_health, cmd_migrate
 from app.manager.processes import FLOWER_APP, service_process
 from app.tasks.celery_app import HARD_TIME_LIMIT, SOFT_TIME_LIMIT
 from app.tasks.queues import Queue
+from tests.support.app_cli import command_of
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = ROOT / "docker-compose.celery.yml"
@@ -211,7 +211,7 @@ def test_every_flower_runs_on_the_app_module_that_throttles_its_login():
 def test_migrate_runs_a_real_manager_command_once():
     argv = words("migrate")
     assert argv[:2] == ["python", "celery_beat_manager.py"]
-    assert build_parser().parse_args(argv[2:]).handler is cmd_migrate
+    assert command_of(argv[2:]) == ("migrate", {})
     migrate = compose()["services"]["migrate"]
     assert migrate["restart"] == "no"
     assert migrate["depends_on"] == {"postgres": {"condition": "service_healthy"}}
@@ -250,8 +250,7 @@ def test_the_image_is_built_once_by_the_service_every_other_waits_for():
 def test_app_services_have_a_healthcheck_that_is_a_real_manager_command(service):
     check = compose()["services"][service]["healthcheck"]
     assert check["test"][:3] == ["CMD", "python", "celery_beat_manager.py"]
-    args = build_parser().parse_args(check["test"][3:])
-    assert (args.handler, args.service) == (cmd_health, HEALTH_CHECKED[service])
+    assert command_of(check["test"][3:]) == ("health", {"service": HEALTH_CHECKED[service]})
     assert seconds(check["timeout"]) < seconds(check["interval"])
 
 
@@ -400,7 +399,7 @@ def test_unit_celery_app_module_imports(name):
 def test_beat_unit_migrates_before_starting():
     argv = shlex.split(unit("celery-beat.service")["Service"]["ExecStartPre"])
     assert argv[:2] == [f"{VENV_BIN}python", f"{INSTALL_DIR}/celery_beat_manager.py"]
-    assert build_parser().parse_args(argv[2:]).handler is cmd_migrate
+    assert command_of(argv[2:]) == ("migrate", {})
     assert celery_subcommand(shlex.split(unit("celery-beat.service")["Service"]["ExecStart"])) == "beat"
 
 

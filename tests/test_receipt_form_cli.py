@@ -36,4 +36,4 @@ def test_receipts_verify_qr_checks_a_scanned_code(cli_delivery):
     forged = run_app(var_dir, "receipts", "verify", "--qr", claim.payload[:-64] + "0" * 64)
     assert forged.returncode == 1 and forged.stdout.startswith("MISMATCH: QR code of receipt")
     neither = run_app(var_dir, "receipts", "verify")
-    assert neither.returncode == 1 and neither.stderr.strip() == "error: give either FILE or --qr TEXT"
+    assert neither.returncode == 2 and neither.stderr.strip().endswith("Error: give either FILE or --qr TEXT")

@@ -1,6 +1,7 @@
-"""What `status` and `check` look at: broker, database, migrations, workers, queues. No printing."""
+"""What `status` and `check` look at: broker, database, migrations, workers, queues, the next job. No printing."""
 
 from dataclasses import dataclass
+from datetime import datetime
 
 import redis
 
@@ -50,6 +51,28 @@ def probe_database(settings: Settings) -> Probe:
     except SQLAlchemyError as error:
         return Probe(False, f"{masked_url(settings.sqlalchemy_url)}: {str(error).splitlines()[0]}")
     return Probe(True, masked_url(settings.sqlalchemy_url))
+
+
+@dataclass(frozen=True)
+class DueJob:
+    """The enabled job that runs next; name and at are None when there is none (note says why)."""
+
+    name: str | None
+    at: datetime | None  # the CLI shows it in Asia/Shanghai
+    note: str = ""
+
+
+def next_due_job() -> DueJob:
+    """The job of the schedule table whose next run comes first, read from the database."""
+    import app.tasks.celery_app  # noqa: F401  (configures Django)
+    from app.scheduling.overview import next_due
+    from app.scheduling.table import load_schedule_table
+
+    try:
+        row = next_due(load_schedule_table())
+    except Exception as error:  # noqa: BLE001 - a fresh database has no tables until beat starts
+        return DueJob(None, None, f"schedule not readable yet ({type(error).__name__}); beat creates it at start")
+    return DueJob(row.name, row.next_run) if row else DueJob(None, None, "no enabled job")
 
 
 def pending_migrations() -> list[str]:

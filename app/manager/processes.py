@@ -58,8 +58,10 @@ class PidState:
         return self.state == "running"
 
 
-def _celery(*args: str) -> list[str]:
-    return [sys.executable, "-m", "celery", "-A", CELERY_APP, *args]
+def _celery(loglevel: str, *args: str) -> list[str]:
+    """A celery command of our app; below debug level without its start banner (the log says when it is up)."""
+    quiet = [] if loglevel == "debug" else ["--quiet"]
+    return [sys.executable, "-m", "celery", "-A", CELERY_APP, *quiet, *args]
 
 
 def _watched(logfile: Path, *argv: str) -> list[str]:
@@ -114,12 +116,12 @@ def service_process(settings: Settings, name: str, loglevel: str = "info",
     if name == "beat":
         logfile = logs / "celerybeat.log"
         return ServiceProcess(
-            "beat", _celery("beat", "--loglevel", loglevel, "--logfile", str(logfile)),
+            "beat", _celery(loglevel, "beat", "--loglevel", loglevel, "--logfile", str(logfile)),
             run / "celerybeat.pid", logfile, run / "beat.console", _log_says("schedule table synced"),
             BEAT_STOP_TIMEOUT, (CELERY_APP, "beat"))
     if name == "worker":
         logfile = logs / "celery_worker.log"
-        argv = _celery("worker", "--queues", ",".join(queues or [q.value for q in Queue]),
+        argv = _celery(loglevel, "worker", "--queues", ",".join(queues or [q.value for q in Queue]),
                        "--hostname", "worker@%h", "--loglevel", loglevel, "--logfile", str(logfile))
         if concurrency:
             argv += ["--concurrency", str(concurrency)]
@@ -135,7 +137,8 @@ def service_process(settings: Settings, name: str, loglevel: str = "info",
     if name == "admin":
         logfile = logs / "admin.log"
         argv = _watched(logfile, "gunicorn", ADMIN_APP, "--bind", f"{settings.admin_address}:{settings.admin_port}",
-                        "--workers", "2", "--graceful-timeout", "10", "--log-level", loglevel)
+                        "--workers", "2", "--graceful-timeout", "10", "--log-level", loglevel,
+                        "--no-control-socket")  # gunicorn 27's default socket is one per user, not per admin
         return ServiceProcess("admin", argv, run / "admin.pid", logfile, run / "admin.console",
                               _port_open(settings.admin_port), ADMIN_STOP_TIMEOUT, ("gunicorn", ADMIN_APP))
     if name == "simulator":
@@ -220,6 +223,21 @@ def log_since(service: ServiceProcess, offset: int) -> str:
         return ""
 
 
+def _last_lines(path: Path, count: int) -> list[str]:
+    try:
+        return path.read_text(errors="replace").splitlines()[-count:]
+    except FileNotFoundError:
+        return []
+
+
+def recent_output(service: ServiceProcess, count: int = 15) -> list[str]:
+    """The last lines `service` wrote: its console (errors before logging starts), then its log."""
+    lines = _last_lines(service.console, 10)
+    if service.logfile != service.console:
+        lines += _last_lines(service.logfile, 10)
+    return lines[-count:]
+
+
 def wait_ready(service: ServiceProcess, child: subprocess.Popen, log_offset: int,
                timeout: float = READY_TIMEOUT) -> None:
     """Block until `service` says it is ready; ServiceError if it exits or takes too long."""
@@ -262,6 +280,14 @@ def terminate_pid(pid: int, timeout: float, on_wait: Callable[[float], None] | N
     except psutil.NoSuchProcess:
         pass
     return False
+
+
+def kill_process_group(pid: int) -> None:
+    """SIGKILL what is left of the session `pid` led (a dead worker's pool, gunicorn's workers)."""
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
 
 
 def stop_service(service: ServiceProcess, timeout: float | None = None,

@@ -38,8 +38,9 @@ def follow(path: Path, prefix: str, stop: threading.Event, interval: float = 0.2
         handle.close()
 
 
-def follow_in_background(paths: dict[str, Path], stop: threading.Event) -> list[threading.Thread]:
-    threads = [threading.Thread(target=follow, args=(path, f"[{name}] ", stop), daemon=True)
+def follow_in_background(paths: dict[str, Path], stop: threading.Event, prefixed: bool = True) -> list[threading.Thread]:
+    """Follow each of `paths` in a thread of its own, its lines prefixed with `[name] ` unless not `prefixed`."""
+    threads = [threading.Thread(target=follow, args=(path, f"[{name}] " if prefixed else "", stop), daemon=True)
                for name, path in paths.items()]
     for thread in threads:
         thread.start()

@@ -25,8 +25,8 @@ class JobRow:
     expression: str  # crontab fields or "every N seconds"
     queue: str | None
     enabled: bool
-    last_run: str | None
-    next_run: str | None
+    last_run: datetime | None
+    next_run: datetime | None  # None when disabled
     source: str  # "beat_schedules.py" or "admin"
     drift: list[str]
     replaced_admin_edit: list[str]  # fields of an admin edit that a change in the file overwrote
@@ -35,7 +35,11 @@ class JobRow:
     policy: dict = field(default_factory=lambda: asdict(STOCK_POLICY))  # overlap, missed, grace, jitter
 
     def as_dict(self) -> dict:
-        return asdict(self)
+        """For JSON: times ISO 8601 in Asia/Shanghai with their offset."""
+        row = asdict(self)
+        for key in ("last_run", "next_run"):
+            row[key] = row[key].astimezone(SHANGHAI).isoformat(timespec="seconds") if row[key] else None
+        return row
 
 
 def _expression_of(c: CrontabSchedule) -> str:
@@ -58,10 +62,6 @@ def _words(task: PeriodicTask) -> str:
     if task.crontab:
         return _words_of(task.crontab)
     return str(task.interval or task.solar or task.clocked)
-
-
-def _shanghai(moment: datetime | None) -> str | None:
-    return moment.astimezone(SHANGHAI).strftime("%Y-%m-%d %H:%M:%S") if moment else None
 
 
 def next_run(task: PeriodicTask, now: datetime) -> datetime | None:
@@ -114,8 +114,8 @@ def job_rows(table: dict[str, dict], now: datetime | None = None) -> list[JobRow
             expression=_expression(task),
             queue=task.queue,
             enabled=task.enabled,
-            last_run=_shanghai(task.last_run_at),
-            next_run=_shanghai(next_run(task, now)),
+            last_run=task.last_run_at,
+            next_run=next_run(task, now),
             source="beat_schedules.py" if from_file else "admin",
             drift=drift(task, table[task.name]) if from_file and task.name in table else [],
             replaced_admin_edit=code_defined.get(task.name) or [],

@@ -254,7 +254,7 @@ def _backup_file(settings: Settings, file: Path) -> Path:
     for candidate in (file, settings.backups_path / file):
         if candidate.is_file():
             return candidate
-    raise RestoreError(f"no such backup: {file} ('python -m app backups list' shows them)")
+    raise RestoreError(f"no such backup: {file} ('celery_beat_manager.py backups list' shows them)")
 
 
 def _kind(path: Path) -> str:

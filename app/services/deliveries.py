@@ -229,14 +229,13 @@ def _insert_new(session: Session, rows: list[dict], report: ImportReport) -> Non
 
 
 def delivery_summary(delivery: Delivery) -> dict:
-    """A delivery as shown to operators and scripts: phone and address masked."""
+    """A delivery as shown to operators and scripts: phone and address masked; times as aware datetimes."""
     return {
         "id": delivery.id, "reference": delivery.reference, "recipient_name": delivery.recipient_name,
         "phone": mask_phone(delivery.phone), "address": mask_address(delivery.address),
         "carrier": delivery.carrier, "tracking_number": delivery.tracking_number, "status": delivery.status,
-        "deadline": delivery.deadline.isoformat() if delivery.deadline else None,
-        "created_at": delivery.created_at.isoformat(), "delivered_at": _iso(delivery.delivered_at),
-        "last_polled_at": _iso(delivery.last_polled_at), "next_poll_at": _iso(delivery.next_poll_at),
+        "deadline": delivery.deadline, "created_at": delivery.created_at, "delivered_at": delivery.delivered_at,
+        "last_polled_at": delivery.last_polled_at, "next_poll_at": delivery.next_poll_at,
         "last_error": delivery.last_error, "evidence_status": delivery.evidence_status,
         "evidence_error": delivery.evidence_error,
         **{name: getattr(delivery, name) for name in OPTIONAL_COLUMNS},
@@ -244,9 +243,5 @@ def delivery_summary(delivery: Delivery) -> dict:
 
 
 def event_summaries(events: Iterable[TrackingEvent]) -> list[dict]:
-    return [{"time": _iso(e.occurred_at), "location": e.location, "description": e.description,
+    return [{"time": e.occurred_at, "location": e.location, "description": e.description,
              "status": e.carrier_status} for e in events]
-
-
-def _iso(moment) -> str | None:
-    return moment.isoformat() if moment else None

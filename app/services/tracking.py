@@ -267,6 +267,21 @@ def _count(summary: PollSummary, delivery_id: int, outcome: str, added: int, err
         summary.error_samples.append(error)
 
 
+def added_up(summaries: list[dict]) -> dict:
+    """Several chunks' PollSummary dicts as one (error samples: the first five)."""
+    total = PollSummary().as_dict()
+    for summary in summaries:
+        for key, value in summary.items():
+            total[key] = total[key] + value
+    total["error_samples"] = total["error_samples"][:5]
+    return total
+
+
+def active_delivery_ids(session: Session) -> list[int]:
+    """Every delivery still on its way (not delivered, returned, failed or timed out)."""
+    return list(session.scalars(select(Delivery.id).where(Delivery.status.in_(ACTIVE_STATUSES)).order_by(Delivery.id)))
+
+
 def chunked(ids: list[int], size: int) -> list[list[int]]:
     return [ids[i:i + size] for i in range(0, len(ids), size)]
 

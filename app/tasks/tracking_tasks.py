@@ -26,6 +26,7 @@ from app.services.job_runs import mark_lost_runs
 from app.services.ratelimit import RateLimiter
 from app.services.stalls import ScheduledJob, check_stalls
 from app.services.tracking import (
+    added_up,
     chunked,
     claim,
     claim_due_deliveries,
@@ -183,6 +184,13 @@ def send_polls(delivery_id: int, delays: Sequence[float]) -> None:
     """
     for delay in delays:
         poll_tracking_chunk.apply_async(([delivery_id],), countdown=delay)
+
+
+def poll_now(ids: list[int], timeout: float) -> dict:
+    """Poll `ids` on the workers now, in chunks, outside the schedule; what they found, added up."""
+    chunks = chunked(ids, get_settings().tracking_chunk_size)
+    answers = group(poll_tracking_chunk.s(chunk) for chunk in chunks).apply_async().get(timeout=timeout)
+    return added_up(answers)
 
 
 def _slow_job_cutoffs(now: datetime) -> dict[str, datetime]:

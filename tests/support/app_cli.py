@@ -16,3 +16,12 @@ def run_app(var_dir: Path, *args: str) -> subprocess.CompletedProcess:
     env["VAR_DIR"] = str(var_dir)
     return subprocess.run([sys.executable, "-m", "app", *args], cwd=ROOT, env=env, stdin=subprocess.DEVNULL,
                           capture_output=True, text=True, timeout=60)
+
+
+def command_of(argv: list[str]) -> tuple[str, dict]:
+    """The name and parameters of the command `celery_beat_manager.py ARGV` would run, without running it."""
+    from app.cli import cli
+
+    context = cli.make_context("celery_beat_manager.py", list(argv))
+    name, command, rest = cli.resolve_command(context, list(argv))
+    return command.name, command.make_context(name, rest, parent=context).params

@@ -169,8 +169,17 @@ class Project:
         raise AssertionError(f"{task_name} never finished; manager output:\n{self.output()}")
 
     def kill_all(self) -> None:
-        for process in self.processes():
+        """SIGKILL every process of the copy and wait until they are gone."""
+        found = self.processes()
+        for process in found:
             try:
                 process.kill()
             except psutil.Error:
                 pass
+        psutil.wait_procs(found, timeout=10)
+
+    def start_process(self, *argv: str, output: str) -> subprocess.Popen:
+        """Start `argv` in the copy, in a session of its own, its stdout and stderr into the file `output` there."""
+        with (self.root / output).open("w") as out:
+            return subprocess.Popen(list(argv), cwd=self.root, env=self.env, stdin=subprocess.DEVNULL, stdout=out,
+                                    stderr=subprocess.STDOUT, start_new_session=True)

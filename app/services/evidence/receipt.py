@@ -330,9 +330,9 @@ def _qr_block(claim: QrClaim, styles: dict) -> Table:
     """The QR code beside what it holds and how to check it."""
     text = [Paragraph("核验二维码 Verification QR", styles["label"]),
             Paragraph("二维码内容为回证编号、本页所嵌时间线截图的 SHA-256 与本表各栏内容的 SHA-256，"
-                      "可用 python -m app receipts verify --qr 与存档核对 / it holds the receipt number, the SHA-256 of "
+                      "可用 celery_beat_manager.py receipts verify --qr 与存档核对 / it holds the receipt number, the SHA-256 of "
                       "the embedded timeline screenshot and the SHA-256 of this form's rows; check it against the "
-                      "record with `python -m app receipts verify --qr`.", styles["small"]),
+                      "record with `celery_beat_manager.py receipts verify --qr`.", styles["small"]),
             Paragraph(escape(claim.payload), styles["small"])]
     table = Table([[_QrCode(claim.payload, QR_SIZE), text]], colWidths=[QR_SIZE + 4 * mm, None])
     table.setStyle(TableStyle([("BOX", (0, 0), (-1, -1), 0.6, FORM_RULE), ("VALIGN", (0, 0), (-1, -1), "MIDDLE")]))
