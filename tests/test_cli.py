@@ -129,3 +129,19 @@ def test_a_closed_pipe_ends_a_listing_quietly_with_exit_0(argv, django_db, tmp_p
     done = _closed_reader_run(tmp_path, *argv)
     assert done.returncode == 0, done.stderr
     assert "Traceback" not in done.stderr and "Exception ignored" not in done.stderr, done.stderr
+
+
+def test_deliveries_poll_asks_the_carrier_now_through_a_running_worker(django_db, worker, carrier_simulator):
+    tag = uuid.uuid4().hex[:6]
+    _register("赵六", f"P-{tag}", "广州市天河区")
+    [row] = [r for r in json.loads(invoke("deliveries", "list", "--json").output) if r["reference"] == f"P-{tag}"]
+    polled = CliRunner().invoke(cli, ["deliveries", "poll", str(row["id"])])
+    assert polled.exit_code == 0, polled.output
+    assert "polled 1, new events " in polled.output
+    shown = json.loads(invoke("deliveries", "show", str(row["id"]), "--json").output)
+    assert shown["last_polled_at"] is not None
+
+
+def test_deliveries_poll_wants_ids_or_all():
+    assert invoke("deliveries", "poll").exit_code == 2
+    assert invoke("deliveries", "poll", "1", "--all").exit_code == 2
