@@ -117,7 +117,7 @@ def test_the_first_health_check_result_is_in_the_results_log_at_once(stack):
 
 @STACK
 def test_status_shows_every_service_and_where_the_stack_stands(stack):
-    status = stack.manager("status")
+    status = stack.manager("status", "--service", "all")
     assert status.returncode == 0, status.stdout + status.stderr
     services, facts = ({line.split()[0]: line for line in part.splitlines()} for part in status.stdout.split("\n\n"))
     for name in ("broker", "simulator", "worker", "beat", "flower", "admin"):

@@ -193,7 +193,7 @@ def _fact_rows(report, missing: list) -> list[list[str]]:
     "A beat or worker without a process on this host (systemd, compose, another host) is judged by its "
     "heartbeat and lease in the broker, or by a ping. Exit 0 when everything chosen runs, 3 when something is "
     "stopped or down, 1 on error."))
-@_service_option(default="all")
+@_service_option()
 def status(service: str) -> int:
     from app.manager.checks import missing_pieces
 
