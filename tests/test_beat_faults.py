@@ -1,35 +1,48 @@
 """Two beats, a killed leader, a slow job, and crontab jobs on a UTC host, run for real.
 
-One scenario per backend (embedded Valkey + SQLite, Redis + PostgreSQL), under TZ=UTC with
-BEAT_LEADER_TIMEOUT=4: a worker and two beats started at once run fast interval jobs, a job
-slower than its interval with overlap "skip", a crontab job due every minute of the current
+One scenario per backend (embedded Valkey + SQLite, Redis + PostgreSQL), both at once, under
+TZ=UTC with BEAT_LEADER_TIMEOUT=4: a worker and two beats started at once run fast interval jobs,
+a job slower than its interval with overlap "skip", a crontab job due every minute of the current
 Asia/Shanghai hour, and a trap due in every other hour. Once the crontab job has fired, the
 leader is SIGKILLed and started again; the scenario ends after the crontab job's next minute.
 The tests below judge the history the scenario leaves.
+
+The beats' wall clock is the host's moved forward (libfaketime, as a host whose clock is set
+ahead): twice, while a slow run is under way, it jumps to a few seconds before the next minute,
+so the crontab job's two minutes come within seconds instead of up to two real minutes. Without
+libfaketime the beats keep the real clock and the scenario waits for the real minutes.
 """
 
 import os
 import signal
 import subprocess
 import sys
-import time
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
+from functools import partial
+from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
 import redis
 
 from app.core.broker import redis_client
+from tests.support.inprocess_beat import CopyHistory
 from tests.support.project import Project, moment
 from tests.support.services import postgres_database, redis_test_url
 from tests.support.waiting import wait_until
+from tests.test_beat_stalls import LIBFAKETIME, SLEEP_WORKAROUND, faked_clock_env, outcome_of, run_at_once
 
-pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
+BACKENDS = ("embedded", "redis+postgresql")
+# Both backends' scenarios run once, together, on one test process (pytest.ini: --dist loadgroup).
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600), pytest.mark.xdist_group("beat-faults")]
 
 SHANGHAI = ZoneInfo("Asia/Shanghai")
 LEADER_TIMEOUT = 4
+LANDING_SECOND = 53  # where the beats' clock jumps to: the next minute 7 s later
+SLOW_SECONDS = 2.5
+FAST_RUNS = 25  # fast-every-1s runs sent before the scenario ends
 
-PROBE_TASKS = '''
+PROBE_TASKS = f'''
 import time
 
 from app.tasks.celery_app import app
@@ -42,7 +55,7 @@ def quick():
 
 @app.task(name="app.tasks.beat_probe.slow")
 def slow():
-    time.sleep(2.5)
+    time.sleep({SLOW_SECONDS})
     return "slept"
 '''
 
@@ -67,31 +80,77 @@ BEAT_SCHEDULE.update({{
 '''
 
 
+class BeatClock:
+    """The beats' wall clock: the real one plus `offset` seconds, read by libfaketime from a file
+    at every call; the real one where libfaketime is missing."""
+
+    def __init__(self, directory: Path):
+        self.offset = 0
+        self.file, self.site = directory / "clock-offset", directory / "faketime-site"
+        self.faked = LIBFAKETIME.exists()
+        self.file.write_text("+0\n")
+        self.site.mkdir()
+        (self.site / "sitecustomize.py").write_text(SLEEP_WORKAROUND)
+
+    def env(self, base: dict[str, str]) -> dict[str, str]:
+        return faked_clock_env(base, self.file, self.site) if self.faked else base
+
+    def now(self) -> datetime:
+        return datetime.now(SHANGHAI) + timedelta(seconds=self.offset)
+
+    def jump_before_next_minute(self) -> None:
+        """Forward, within the current minute, to LANDING_SECOND (never past a minute's start)."""
+        ahead = LANDING_SECOND - self.now().second
+        if self.faked and ahead > 0:
+            self.offset += ahead
+            self.file.write_text(f"+{self.offset}\n")
+
+
 class Scenario:
-    def __init__(self, project: Project):
+    def __init__(self, project: Project, database_url: str):
         self.project = project
+        self.clock = BeatClock(project.root.parent)
+        self.beat_env = self.clock.env(project.env)
         self.second_beat: subprocess.Popen | None = None
         self.url = project.env.get("CELERY_BROKER_URL") or f"redis+socket://{project.root}/var/run/valkey.sock"
+        self.run_history = CopyHistory(database_url)
 
     def redis(self) -> redis.Redis:
         return redis_client(self.url, socket_timeout=2)
+
+    def start_beat(self) -> None:
+        """Beat as an operator starts it (`celery_beat_manager.py start --service beat`), on the beats' clock."""
+        started = subprocess.run([sys.executable, "celery_beat_manager.py", "start", "--service", "beat"],
+                                 cwd=self.project.root, env=self.beat_env, capture_output=True, text=True,
+                                 timeout=180, stdin=subprocess.DEVNULL)
+        assert started.returncode == 0, started.stdout + started.stderr
 
     def start_second_beat(self) -> None:
         root = self.project.root
         self.second_beat = subprocess.Popen(
             [sys.executable, "-m", "celery", "-A", "app.tasks.celery_app", "beat", "--loglevel", "info",
              "--logfile", str(root / "logs" / "celerybeat-second.log"), "--pidfile", str(root / "var" / "beat-second.pid")],
-            cwd=root, env=self.project.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            cwd=root, env=self.beat_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     def holder(self) -> str | None:
         value = self.redis().get("beat:leader")
         return value.decode() if value else None
 
     def history(self) -> list[dict]:
-        return self.project.job_runs()
+        return self.run_history.runs()
 
     def runs_of(self, name: str) -> list[dict]:
         return [run for run in self.history() if run["name"] == name]
+
+    def slow_run_under_way(self) -> bool:
+        """A slow-skip run started within the last second: for a while nothing can be queued behind it
+        (overlap "skip"), so a jump of the clock cannot make a queued run look stale."""
+        started = [moment(run["started_at"]) for run in self.runs_of("slow-skip") if run["started_at"]]
+        return bool(started) and datetime.now(timezone.utc) - max(started) < timedelta(seconds=1)
+
+    def jump_clock_while_a_slow_run_is_under_way(self) -> None:
+        wait_until(self.slow_run_under_way, 60, "a slow run started", self.beat_logs)
+        self.clock.jump_before_next_minute()
 
     def beat_logs(self) -> str:
         return self.project.log_text("celerybeat.log") + self.project.log_text("celerybeat-second.log")
@@ -105,34 +164,43 @@ def lost_with_the_leader(run: dict, killed_at: datetime) -> bool:
             and (sent_at is None or killed_at - timedelta(seconds=2) <= sent_at <= killed_at))
 
 
-def run_scenario(project: Project) -> dict:
+def run_scenario(project: Project, database_url: str) -> dict:
     now = datetime.now(SHANGHAI)
     hours = [now.hour, (now.hour + 1) % 24]
     project.env.update(TZ="UTC", BEAT_LEADER_TIMEOUT=str(LEADER_TIMEOUT), WORKER_CONCURRENCY="4")
     project.add_task_module("beat_probe", PROBE_TASKS)
     schedule_file = project.root / "app" / "tasks" / "beat_schedules.py"
     schedule_file.write_text(schedule_file.read_text() + probe_entries(hours, [h for h in range(24) if h not in hours]))
-    scenario = Scenario(project)
+    scenario = Scenario(project, database_url)
+    try:
+        return play(scenario, hours)
+    finally:
+        scenario.run_history.close()
 
+
+def play(scenario: Scenario, hours: list[int]) -> dict:
+    project = scenario.project
     started = project.manager("start", "--service", "worker")
     assert started.returncode == 0, started.stderr
     scenario.start_second_beat()
-    started = project.manager("start", "--service", "beat")
-    assert started.returncode == 0, started.stderr
+    scenario.start_beat()
 
+    scenario.jump_clock_while_a_slow_run_is_under_way()
     first = wait_until(lambda: scenario.runs_of("shanghai-minute"), 90, "the minute crontab job fired")
     leader = wait_until(scenario.holder, 10, "a beat holds the lease")
     killed_pid = int(leader.split(":")[1])
     os.kill(killed_pid, signal.SIGKILL)
-    killed_at = datetime.now(SHANGHAI)
+    killed_at = scenario.clock.now()
     new_leader = wait_until(lambda: (h := scenario.holder()) and h != leader and h, 30, "a standby took the lease")
     if scenario.second_beat and killed_pid == scenario.second_beat.pid:
         scenario.second_beat.wait()
         scenario.start_second_beat()
     else:
-        assert project.manager("start", "--service", "beat").returncode == 0
+        scenario.start_beat()
+    scenario.jump_clock_while_a_slow_run_is_under_way()
     wait_until(lambda: len(scenario.runs_of("shanghai-minute")) > len(first), 90, "the minute job fired again")
-    time.sleep(2)
+    wait_until(lambda: len([run for run in scenario.runs_of("fast-every-1s") if run["task_id"]]) >= FAST_RUNS, 60,
+               f"{FAST_RUNS} runs of fast-every-1s were sent")
 
     project.manager("stop", "--service", "beat")
     scenario.second_beat.send_signal(signal.SIGTERM)
@@ -150,21 +218,26 @@ def run_scenario(project: Project) -> dict:
             "leader": leader, "new_leader": new_leader, "killed_at": killed_at, "hours": hours}
 
 
-# Each backend's scenario runs once, on one test process (pytest.ini: --dist loadgroup).
-@pytest.fixture(scope="module", params=[pytest.param(backend, marks=pytest.mark.xdist_group(f"beat-{backend}"))
-                                        for backend in ("embedded", "redis+postgresql")])
-def scenario(request, tmp_path_factory):
-    return run_backend_scenario(request.param, tmp_path_factory)
+@pytest.fixture(scope="module")
+def scenarios(tmp_path_factory) -> dict[str, dict | BaseException]:
+    """Each backend's scenario, run once, both at once."""
+    directories = {backend: tmp_path_factory.mktemp(f"beat-{backend}") for backend in BACKENDS}
+    return run_at_once({backend: partial(run_backend_scenario, backend, directories[backend]) for backend in BACKENDS})
 
 
-def run_backend_scenario(backend: str, tmp_path_factory) -> dict:
+@pytest.fixture(params=BACKENDS)
+def scenario(request, scenarios) -> dict:
+    return outcome_of(scenarios, request.param)
+
+
+def run_backend_scenario(backend: str, directory: Path) -> dict:
     extra_env, database = {}, None
     if backend != "embedded":
         database = postgres_database("celerybeat_faults")
         extra_env = {"CELERY_BROKER_URL": redis_test_url(), "DATABASE_URL": next(database)}
-    project = Project(tmp_path_factory.mktemp(f"beat-{backend}"), extra_env)
+    project = Project(directory, extra_env)
     try:
-        return run_scenario(project)
+        return run_scenario(project, extra_env.get("DATABASE_URL") or f"sqlite:///{project.root / 'var' / 'app.db'}")
     finally:
         project.kill_all()
         if database:

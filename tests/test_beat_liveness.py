@@ -19,7 +19,7 @@ def beat_row(status) -> str:
 def wait_for(project, predicate, timeout=30.0):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        status = project.manager("status")
+        status = project.manager("status", "--service", "beat")
         if predicate(status):
             return status
         time.sleep(0.5)
@@ -51,4 +51,3 @@ def test_stuck_beat_is_down_in_status_and_health_check_then_recovers(embedded_pr
 
     recovered = wait_for(project, lambda s: s.returncode == 0)
     assert "leader" in beat_row(recovered) and " leads, last tick" in recovered.stdout
-    project.manager("stop", "--service", "all")

@@ -6,17 +6,18 @@ Every scenario runs a copy of the project (tests/support/project.py) with a shor
 (job_runs), the worker's task results and beat's logs.
 
 1+2. Lock stall, then a SIGSTOP of the leader, one scenario per backend (SQLite + embedded
-     Valkey, PostgreSQL + Redis): a worker and two beats. First a short lock (shorter than beat's
-     bounded waits) delays one run; then the run history is locked for longer than the lease
-     (LOCK TABLE ... ACCESS EXCLUSIVE / BEGIN EXCLUSIVE); then the leader is frozen for twice its
-     lease (on PostgreSQL exactly between a run's record and its publish, see CommitGate).
+     Valkey, PostgreSQL + Redis), both at once: a worker and two beats. First a short lock
+     (shorter than beat's bounded waits) delays one run; then the run history is locked for
+     longer than the lease (LOCK TABLE ... ACCESS EXCLUSIVE / BEGIN EXCLUSIVE); then the leader
+     is frozen for twice its lease (on PostgreSQL exactly between a run's record and its
+     publish, see CommitGate).
      Nothing may be recorded or run twice, a skip job never overlaps itself, the frozen leader
      never publishes once it wakes up, one late run does not make the later ones late, and a
      lock is logged as one outage.
 3.   A queued run's message deleted from the broker: the next run of its `overlap: skip` job is
      held back one period, not until the lost run's time limit.
 4.   The clock of beat's host jumps back an hour (libfaketime): beat alerts and keeps sending.
-5.   PostgreSQL cut under the leading beat for 20 s: a few log lines, and one catch-up run.
+5.   PostgreSQL cut under the leading beat for 12 s: a few log lines, and one catch-up run.
 """
 
 import json
@@ -26,7 +27,10 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
+from functools import partial
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -34,6 +38,7 @@ import psutil
 import pytest
 
 from app.core.broker import redis_client
+from tests.support.inprocess_beat import CopyHistory
 from tests.support.project import Project, moment
 from tests.support.services import DEFAULT_POSTGRES_ADMIN_URL, postgres_database, redis_test_url
 from tests.support.tcp_proxy import TcpProxy
@@ -102,9 +107,10 @@ class Copy:
         self.project = project
         self.settings = json.loads(project.python(SETTINGS).strip().splitlines()[-1])
         self.beats: dict[int, tuple[subprocess.Popen | None, str]] = {}  # pid -> (process, log file name)
+        self.history = CopyHistory(project.env.get("DATABASE_URL") or f"sqlite:///{self.settings['sqlite_path']}")
 
     def runs(self, name: str | None = None) -> list[dict]:
-        return [row for row in self.project.job_runs() if name is None or row["name"] == name]
+        return [row for row in self.history.runs() if name is None or row["name"] == name]
 
     def incidents(self) -> list[dict]:
         return json.loads(self.project.python(INCIDENTS).strip().splitlines()[-1])
@@ -150,6 +156,14 @@ class Copy:
             if process and process.poll() is None:
                 process.send_signal(signal.SIGTERM)
                 process.wait(30)
+
+    def discard(self) -> None:
+        """Kill whatever the copy still runs, once the test has read what it left; close its history."""
+        self.project.kill_all()
+        for process, _ in self.beats.values():
+            if process:
+                process.wait(30)
+        self.history.close()
 
     def wait_for_the_worker(self, timeout: float = 60) -> None:
         """Until every run sent has finished (or `timeout`): with the beats stopped, nothing else can change."""
@@ -275,6 +289,14 @@ def run_stall_scenario(project: Project, database_url: str | None) -> dict:
     project.env.update(BEAT_LEADER_TIMEOUT=str(LEADER_TIMEOUT), WORKER_CONCURRENCY="4")
     add_jobs(project, STALL_JOBS)
     copy = Copy(project)
+    try:
+        return stall_phases(copy, database_url)
+    finally:
+        copy.discard()
+
+
+def stall_phases(copy: Copy, database_url: str | None) -> dict:
+    project = copy.project
     copy.start("worker")
     second = copy.start_beat("celerybeat-second")
     copy.start("beat")
@@ -352,40 +374,52 @@ def run_stall_scenario(project: Project, database_url: str | None) -> dict:
             "holder_after_resume": holder_after_resume, "old_leader_after_resume": old_leader_after_resume}
 
 
-_SCENARIOS: dict[str, dict | BaseException] = {}
+BACKENDS = ("embedded", "redis+postgresql")
 
 
-# Each backend's scenario runs once, on one test process (pytest.ini: --dist loadgroup); a test
-# process handed the two backends' tests interleaved would set a module fixture up again at each
-# switch, so the history a scenario leaves is kept (as tests/test_beat_faults.py does).
-@pytest.fixture(scope="module", params=[pytest.param(backend, marks=pytest.mark.xdist_group(f"stall-{backend}"))
-                                        for backend in ("embedded", "redis+postgresql")])
-def stall(request, tmp_path_factory):
-    if request.param not in _SCENARIOS:
-        try:
-            _SCENARIOS[request.param] = run_backend_scenario(request.param, tmp_path_factory)
-        except BaseException as error:  # a failed (or skipped) scenario is not run again for the next test
-            _SCENARIOS[request.param] = error
-            raise
-    if isinstance(_SCENARIOS[request.param], BaseException):
-        raise _SCENARIOS[request.param]
-    return _SCENARIOS[request.param]
+def run_at_once(scenarios: dict[str, Callable[[], dict]]) -> dict[str, dict | BaseException]:
+    """Each scenario's outcome (or why it failed or was skipped), the scenarios run at the same time
+    in threads: each mostly waits on its own processes, locks and clocks."""
+    with ThreadPoolExecutor(len(scenarios)) as pool:
+        futures = {name: pool.submit(scenario) for name, scenario in scenarios.items()}
+    return {name: future.exception() or future.result() for name, future in futures.items()}
 
 
-def run_backend_scenario(backend: str, tmp_path_factory) -> dict:
+def outcome_of(outcomes: dict[str, dict | BaseException], name: str) -> dict:
+    """One scenario's outcome; its error (or skip) raised again in each test that judges it."""
+    outcome = outcomes[name]
+    if isinstance(outcome, BaseException):
+        raise outcome
+    return outcome
+
+
+@pytest.fixture(scope="module")
+def stalls(tmp_path_factory) -> dict[str, dict | BaseException]:
+    """Each backend's scenario, run once, both at once."""
+    directories = {backend: tmp_path_factory.mktemp(f"stall-{backend}") for backend in BACKENDS}
+    return run_at_once({backend: partial(run_backend_scenario, backend, directories[backend]) for backend in BACKENDS})
+
+
+# The tests of both backends' scenarios run on one test process (pytest.ini: --dist loadgroup).
+@pytest.fixture(params=[pytest.param(backend, marks=pytest.mark.xdist_group("stall-scenarios"))
+                        for backend in BACKENDS])
+def stall(request, stalls) -> dict:
+    return outcome_of(stalls, request.param)
+
+
+def run_backend_scenario(backend: str, directory: Path) -> dict:
     extra_env, database, database_url = {}, None, None
     if backend != "embedded":
         database = postgres_database("celerybeat_stalls")
         database_url = next(database)
         extra_env = {"CELERY_BROKER_URL": redis_test_url(), "DATABASE_URL": database_url}
-    project = Project(tmp_path_factory.mktemp(f"stall-{backend}"), extra_env)
+    project = Project(directory, extra_env)
     began = time.monotonic()
     try:
         scenario = {**run_stall_scenario(project, database_url), "backend": backend}
         print(f"\nstall scenario ({backend}): {time.monotonic() - began:.0f} s")
         return scenario
     finally:
-        project.manager("stop", "--service", "all", "--timeout", "20")
         project.kill_all()
         if database:
             database.close()
@@ -484,9 +518,9 @@ BEAT_SCHEDULE.update({{
 
 def test_a_run_whose_message_was_deleted_holds_its_job_back_one_period_only(tmp_path):
     project = Project(tmp_path, {"BEAT_LEADER_TIMEOUT": str(LEADER_TIMEOUT)})
+    add_jobs(project, QUEUED_JOBS)
+    copy = Copy(project)
     try:
-        add_jobs(project, QUEUED_JOBS)
-        copy = Copy(project)
         copy.start("beat")  # no worker yet: the first run waits in its queue
 
         def queued_run():
@@ -513,8 +547,7 @@ def test_a_run_whose_message_was_deleted_holds_its_job_back_one_period_only(tmp_
                                copy.errors)
         runs = copy.runs("queued-skip")
     finally:
-        project.manager("stop", "--service", "all", "--timeout", "20")
-        project.kill_all()
+        copy.discard()
 
     held_back = moment(following["due_at"]) - moment(lost["due_at"])
     between = [run for run in runs if moment(lost["due_at"]) < moment(run["due_at"]) < moment(following["due_at"])]
@@ -526,6 +559,17 @@ def test_a_run_whose_message_was_deleted_holds_its_job_back_one_period_only(tmp_
     assert sent_after <= timedelta(seconds=2 * QUEUED_PERIOD + 1), f"sent {sent_after} after the deletion"
     assert next(run for run in runs if run["task_id"] == lost["task_id"])["outcome"] == "sent", \
         "the deleted run never started"
+
+
+# -- 4 + 5: run at the same time, on one test process (pytest.ini: --dist loadgroup) --------------
+
+
+@pytest.fixture(scope="module")
+def side_scenarios(tmp_path_factory) -> dict[str, dict | BaseException]:
+    """The clock jump and the database outage, each run once, both at once: each mostly waits (for
+    a minute of the new time line, for the outage to end)."""
+    return run_at_once({"clock-jump": partial(clock_jump_scenario, tmp_path_factory.mktemp("clock-jump")),
+                        "database-outage": partial(outage_scenario, tmp_path_factory.mktemp("database-outage"))})
 
 
 # -- 4: the host's clock jumps back --------------------------------------------------------------
@@ -554,9 +598,9 @@ BEAT_SCHEDULE.update({{
     "clock-interval": {{"task": "{QUICK}", "schedule": _every(seconds=2), "options": {{"queue": "high_priority"}}}},
 }})
 '''
-# The clock goes back one hour and a few seconds, chosen so that the new time is at second 45 of
-# a minute: the crontab's next minute comes 15 s after the jump.
-LANDING_SECOND = 45
+# The clock goes back one hour and a few seconds, chosen so that the new time is at second 50 of
+# a minute: the crontab's next minute comes 10 s after the jump (beat notices it at its next tick).
+LANDING_SECOND = 50
 
 
 def faked_clock_env(base: dict[str, str], offset_file: Path, site: Path) -> dict[str, str]:
@@ -565,7 +609,7 @@ def faked_clock_env(base: dict[str, str], offset_file: Path, site: Path) -> dict
             "PYTHONPATH": os.pathsep.join(filter(None, [str(site), base.get("PYTHONPATH")]))}
 
 
-def test_beat_alerts_on_a_backward_clock_jump_and_keeps_sending(tmp_path):
+def clock_jump_scenario(tmp_path: Path) -> dict:
     if not LIBFAKETIME.exists():
         pytest.skip(f"libfaketime not installed ({LIBFAKETIME} missing: apt-get install libfaketime)")
     offset_file, site = tmp_path / "clock-offset", tmp_path / "faketime-site"
@@ -608,29 +652,32 @@ def test_beat_alerts_on_a_backward_clock_jump_and_keeps_sending(tmp_path):
         wait_real = (next_minute - fake_jump).total_seconds() - (utc_now() - jumped_real).total_seconds()
         minute_after = wait_until(lambda: after_jump("clock-minute"), wait_real + 15,
                                   "the crontab job fired at the next minute of the new time", copy.errors)
-        incidents = copy.incidents()
-        beat_alive = beat.poll() is None
-        interval_runs, minute_runs = copy.runs("clock-interval"), copy.runs("clock-minute")
-        log = copy.beat_logs()
+        return {"critical": critical, "offset": offset, "incidents": copy.incidents(), "fake_jump": fake_jump,
+                "next_minute": next_minute, "interval_after": interval_after, "minute_after": minute_after,
+                "beat_alive": beat.poll() is None, "interval_runs": copy.runs("clock-interval"),
+                "minute_runs": copy.runs("clock-minute"), "log": copy.beat_logs()}
     finally:
-        copy.stop_beats()
-        project.manager("stop", "--service", "all", "--timeout", "20")
-        project.kill_all()
+        copy.discard()
 
+
+@pytest.mark.xdist_group("stall-side-scenarios")
+def test_beat_alerts_on_a_backward_clock_jump_and_keeps_sending(side_scenarios):
+    jump = outcome_of(side_scenarios, "clock-jump")
+    critical, offset, incidents = jump["critical"], jump["offset"], jump["incidents"]
     assert "CRITICAL" in critical and any(f"went back by {offset + d} s" in critical for d in (-1, 0, 1)), critical
     assert [i for i in incidents if i["key"] == "beat:clock" and i["open"] and i["severity"] == "critical"], incidents
-    first_interval = min(moment(run["due_at"]) for run in interval_after)
-    assert first_interval - fake_jump < timedelta(seconds=5), "the interval job did not wait out the hour"
-    assert min(moment(run["due_at"]) for run in minute_after) == next_minute, minute_runs
-    keys = [(run["name"], run["due_at"]) for run in interval_runs + minute_runs]
+    first_interval = min(moment(run["due_at"]) for run in jump["interval_after"])
+    assert first_interval - jump["fake_jump"] < timedelta(seconds=5), "the interval job did not wait out the hour"
+    assert min(moment(run["due_at"]) for run in jump["minute_after"]) == jump["next_minute"], jump["minute_runs"]
+    keys = [(run["name"], run["due_at"]) for run in jump["interval_runs"] + jump["minute_runs"]]
     assert len(keys) == len(set(keys)), "no slot recorded twice"
-    assert beat_alive, "beat survived the jump"
-    assert "Traceback" not in log
+    assert jump["beat_alive"], "beat survived the jump"
+    assert "Traceback" not in jump["log"]
 
 
 # -- 5: PostgreSQL cut under the leading beat ----------------------------------------------------
 
-OUTAGE_SECONDS = 20
+OUTAGE_SECONDS = 12  # a log line per retry (every second) would be twice the few allowed
 OUTAGE_PERIOD = 2
 OUTAGE_JOBS = f'''
 BEAT_SCHEDULE.update({{
@@ -646,16 +693,16 @@ def proxied(url: str, port: int) -> str:
     return urlunsplit(parts._replace(netloc=f"{user}@127.0.0.1:{port}" if user else f"127.0.0.1:{port}"))
 
 
-def test_a_database_outage_under_beat_logs_a_few_lines_and_catches_up_once(tmp_path):
+def outage_scenario(tmp_path: Path) -> dict:
     database = postgres_database("celerybeat_stall_outage")
     direct_url = next(database)
     target = urlsplit(os.environ.get("TEST_POSTGRES_ADMIN_URL", DEFAULT_POSTGRES_ADMIN_URL))
     proxy = TcpProxy(target.hostname, target.port or 5432).start()
     # The embedded broker; the worker reaches the database directly, beat through the proxy.
     project = Project(tmp_path, {"BEAT_LEADER_TIMEOUT": str(LEADER_TIMEOUT), "DATABASE_URL": direct_url})
+    add_jobs(project, OUTAGE_JOBS)
+    copy = Copy(project)
     try:
-        add_jobs(project, OUTAGE_JOBS)
-        copy = Copy(project)
         copy.start("worker")
         project.env["DATABASE_URL"] = proxied(direct_url, proxy.port)
         copy.start("beat")
@@ -668,25 +715,28 @@ def test_a_database_outage_under_beat_logs_a_few_lines_and_catches_up_once(tmp_p
         time.sleep(OUTAGE_SECONDS)
         restored_at = utc_now()
         proxy.restore()
-        wait_until(lambda: successes(copy.runs("outage-allow"), restored_at), 30,
-                   "the job ran after the database came back", copy.errors)
-        time.sleep(3 * OUTAGE_PERIOD)  # a few regular runs after the catch-up
-        beat_alive = alive(next(iter(copy.beats)))
-        runs = copy.runs("outage-allow")
-        log = project.log_text("celerybeat.log")
+        wait_until(lambda: len(successes(copy.runs("outage-allow"), restored_at)) >= 3, 30,
+                   "three regular runs after the catch-up", copy.errors)
+        return {"cut_at": cut_at, "restored_at": restored_at, "log_offset": log_offset,
+                "beat_alive": alive(next(iter(copy.beats))), "runs": copy.runs("outage-allow"),
+                "log": project.log_text("celerybeat.log")}
     finally:
-        project.manager("stop", "--service", "all", "--timeout", "20")
-        project.kill_all()
+        copy.discard()
         proxy.stop()
         database.close()
 
-    outage_lines = [line for line in log[log_offset:].splitlines() if "reachable" in line]
+
+@pytest.mark.xdist_group("stall-side-scenarios")
+def test_a_database_outage_under_beat_logs_a_few_lines_and_catches_up_once(side_scenarios):
+    outage = outcome_of(side_scenarios, "database-outage")
+    cut_at, restored_at, runs, log = outage["cut_at"], outage["restored_at"], outage["runs"], outage["log"]
+    outage_lines = [line for line in log[outage["log_offset"]:].splitlines() if "reachable" in line]
     assert 2 <= len(outage_lines) <= 6, f"{len(outage_lines)} lines about a {OUTAGE_SECONDS} s outage:\n" + \
         "\n".join(outage_lines[:8])
     assert any("database unreachable" in line for line in outage_lines), outage_lines
     assert any("database reachable again after" in line for line in outage_lines), outage_lines
     assert "Traceback" not in log
-    assert beat_alive, "beat survived the outage"
+    assert outage["beat_alive"], "beat survived the outage"
 
     before = [run for run in runs if moment(run["due_at"]) <= cut_at]
     last_before = max(moment(run["due_at"]) for run in before)

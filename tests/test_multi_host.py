@@ -2,10 +2,12 @@
 Redis and PostgreSQL, two app hosts each running a worker and a beat of a copy of this project.
 
 The scenario (tests/support/netns.py, shared with bench/partition.py) runs once: tasks run on both
-workers; the leader's host is cut off for 40 s (its bridge port drops every frame, silently) and
-healed; then the leader is killed with SIGKILL. The tests below judge what it left: the run history
-(job_runs), each host's task results (logs/task_results.log of its copy) and beat and worker logs,
-and the lease's changes watched through Redis' unix socket. `-s` shows the measurements.
+workers; the leader's host is cut off for 25 s (its bridge port drops every frame, silently) and
+healed; then the leader is killed with SIGKILL. The cut outlasts the time the cut host's worker and
+beat take to notice it (10-14 s; a test checks they did before the heal), so both reconnect after
+the heal as after a long partition. The tests below judge what it left: the run history (job_runs),
+each host's task results (logs/task_results.log of its copy) and beat and worker logs, and the
+lease's changes watched through Redis' unix socket. `-s` shows the measurements.
 
 Needs root, iproute2 (ip, bridge), util-linux (unshare, runuser), redis-server and PostgreSQL's
 server binaries; skips naming what is missing.
@@ -17,6 +19,7 @@ from tests.support import netns
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600), pytest.mark.xdist_group("multi-host")]
 
+PARTITION_SECONDS = 25.0
 _OUTCOME: list = []  # the scenario's outcome, or why it did not run: run once, never again for the next test
 
 
@@ -28,7 +31,8 @@ def outcome() -> netns.Outcome:
             _OUTCOME.append(reason)
         else:
             try:
-                result = netns.run_scenario(say=lambda message: print(f"\n{message}", end="", flush=True))
+                result = netns.run_scenario(partition_seconds=PARTITION_SECONDS,
+                                            say=lambda message: print(f"\n{message}", end="", flush=True))
             except BaseException as error:
                 _OUTCOME.append(error)
             else:
@@ -72,6 +76,15 @@ def test_the_cut_host_sends_nothing(outcome):
     sends = outcome.cut_host_sends()
     assert not sends, f"{outcome.cut_host} sent while cut off or after the heal: " + ", ".join(
         f"{send.job} due {send.due} at {send.at:%H:%M:%S.%f}" for send in sends[:10])
+
+
+def test_the_cut_hosts_worker_and_beat_noticed_the_cut_before_the_heal(outcome):
+    """Else the partition was too short for the resume below to mean anything."""
+    for log in ("celery_worker.log", "celerybeat.log"):
+        line = outcome.noticed(outcome.cut_host, log)
+        assert line is not None and line.at < outcome.heal_at, \
+            f"{outcome.cut_host} {log}: nothing noticed during the {outcome.partition_seconds:g} s cut:\n" + \
+            outcome.log_report()
 
 
 def test_the_cut_worker_resumes_consuming_within_10_s_of_the_heal(outcome):

@@ -6,6 +6,8 @@ one is under test). A child pytest runs its `t/unit/test_schedulers.py` with tes
 which substitutes `ScheduleTableScheduler` / `RunRecordingEntry` for `DatabaseScheduler` /
 `ModelEntry`. The peer suite needs pytest < 9 and pytest-django: the child runs in a small venv of
 its own (cached in .venv-peer/, keyed by its requirements) that also sees this venv's packages.
+The tests in REAL_TIME_TESTS wait for real minutes to pass: a second child runs them at the same
+time, on a wall clock that runs faster (libfaketime).
 
 Every peer test must pass against ours, except those in DELIBERATE_DIVERGENCES (each of which must
 fail, so the list stays honest); those in STOCK_FAILURES fail against stock too and are not run.
@@ -29,6 +31,8 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
+
+from tests.test_beat_stalls import LIBFAKETIME, SLEEP_WORKAROUND
 
 REPO = Path(__file__).resolve().parents[1]
 PEER_PACKAGE = "django-celery-beat"
@@ -69,6 +73,16 @@ STOCK_FAILURES: dict[str, str] = {
     "test_DatabaseScheduler::test_heap_always_return_the_first_item":
         "asserts that a disabled entry at the head of the heap starves the others, which 2.9.0 fixed",
 }
+
+# Peer tests that wait for real minutes to pass. They run in a child pytest of their own, beside the
+# others, whose wall clock runs CLOCK_SPEED times as fast (libfaketime; the child's sleeps and timeouts
+# shrink with it, its broker keeps the real clock); without libfaketime, with the others.
+REAL_TIME_TESTS: dict[str, str] = {
+    "test_DatabaseScheduler::test_crontab_with_start_time_tick":
+        "ticks until a crontab job two minutes ahead falls due (its loop never counts its iterations): "
+        "one to two minutes of real time",
+}
+CLOCK_SPEED = 10
 
 NETWORK_ERRORS = re.compile(
     r"NewConnectionError|Max retries exceeded|Temporary failure in name resolution|Name or service not known"
@@ -138,12 +152,19 @@ def peer_python() -> Path:
     return python
 
 
-def _child_env(var_dir: Path, sdist: Path, subject: str) -> dict[str, str]:
+def _child_env(var_dir: Path, sdist: Path, subject: str, fast_clock: bool) -> dict[str, str]:
     env = {key: value for key, value in os.environ.items()
-           if not key.startswith(("PYTEST_", "CELERY_", "DJANGO_", "TOX_"))
-           and key not in ("DATABASE_URL", "APP_HOME", "PYTHONPATH", "COV_CORE_SOURCE")}
+           if not key.startswith(("PYTEST_", "CELERY_", "DJANGO_", "TOX_", "FAKETIME"))
+           and key not in ("DATABASE_URL", "APP_HOME", "PYTHONPATH", "COV_CORE_SOURCE", "LD_PRELOAD")}
+    paths = [str(sdist), str(REPO)]
+    if fast_clock:
+        site = var_dir / "faketime-site"
+        site.mkdir(parents=True)
+        (site / "sitecustomize.py").write_text(SLEEP_WORKAROUND)
+        paths.insert(0, str(site))
+        env.update(LD_PRELOAD=str(LIBFAKETIME), FAKETIME=f"+0 x{CLOCK_SPEED}", FAKETIME_DONT_FAKE_MONOTONIC="1")
     env.update(
-        PYTHONPATH=os.pathsep.join([str(sdist), str(REPO)]),
+        PYTHONPATH=os.pathsep.join(paths),
         PYTEST_DISABLE_PLUGIN_AUTOLOAD="1",  # our venv's pytest-xdist stays out; plugins named with -p
         PEER_SCHEDULER=subject,
         VAR_DIR=str(var_dir / "var"),
@@ -189,39 +210,78 @@ def _outcomes(junit: Path) -> dict[str, tuple[str, str]]:
     return outcomes
 
 
+class PeerChild:
+    """A child pytest over some of the peer tests, started at once: its output in a file, its
+    report in JUnit XML, its VAR_DIR (SQLite file, embedded broker) its own."""
+
+    def __init__(self, peer_python: Path, sdist: Path, directory: Path, subject: str, tests: list[str],
+                 deselect: list[str], fast_clock: bool = False):
+        directory.mkdir()
+        self.directory, self.junit, self.output = directory, directory / "peer-junit.xml", directory / "peer-output.txt"
+        command = [str(peer_python), "-m", "pytest", *tests, "-c", "setup.cfg", "--rootdir", ".",
+                   "-p", "pytest_django.plugin", "-p", "pytest_timeout", "-p", "tests.peer.plugin",
+                   "-p", "no:cacheprovider", "--ds=tests.peer.settings", "--timeout=120",
+                   f"--junitxml={self.junit}", "-q", "-rfE", "--tb=short", "-o", "addopts="]
+        command += [arg for test in deselect for arg in ("--deselect", f"{PEER_TESTS}::{test}")]
+        with self.output.open("w") as output:
+            self.process = subprocess.Popen(command, cwd=sdist, env=_child_env(directory, sdist, subject, fast_clock),
+                                            stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def text(self) -> str:
+        return self.output.read_text(errors="replace")
+
+    def outcomes(self, deadline: float) -> dict[str, tuple[str, str]]:
+        """Its outcomes once it has finished; a failure when it is still running at `deadline` (monotonic)."""
+        try:
+            self.process.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            self.kill()
+            pytest.fail(f"the peer suite did not finish within {CHILD_TIMEOUT} s:\n{self.text()[-6000:]}")
+        assert self.junit.exists(), f"the peer suite wrote no report (exit {self.process.returncode}):\n" \
+                                    f"{self.text()[-6000:]}"
+        return _outcomes(self.junit)
+
+    def kill(self) -> None:
+        """Its process group, if still running, and its embedded broker, should it have outlived the child."""
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+        _kill_leftover_broker(self.directory)
+
+
+def peer_children(peer_python: Path, sdist: Path, directory: Path, subject: str) -> list[PeerChild]:
+    """The child pytests of one run of the peer suite: the tests that wait for real minutes, on a fast
+    clock, beside the others (all in one child where libfaketime is missing)."""
+    deselect = list(STOCK_FAILURES) if subject == "ours" else []
+    if not LIBFAKETIME.exists():
+        return [PeerChild(peer_python, sdist, directory / "all", subject, [PEER_TESTS], deselect)]
+    real_time = [f"{PEER_TESTS}::{test}" for test in REAL_TIME_TESTS]
+    return [PeerChild(peer_python, sdist, directory / "real-time", subject, real_time, [], fast_clock=True),
+            PeerChild(peer_python, sdist, directory / "others", subject, [PEER_TESTS],
+                      deselect + list(REAL_TIME_TESTS))]
+
+
 @pytest.mark.xdist_group("peer-suite")
 @pytest.mark.timeout(900)
 def test_peer_scheduler_suite(peer_sdist, peer_python, tmp_path, record_property):
     subject = os.environ.get("PEER_SCHEDULER", "ours")
-    junit = tmp_path / "peer-junit.xml"
-    command = [str(peer_python), "-m", "pytest", PEER_TESTS, "-c", "setup.cfg", "--rootdir", ".",
-               "-p", "pytest_django.plugin", "-p", "pytest_timeout", "-p", "tests.peer.plugin",
-               "-p", "no:cacheprovider", "--ds=tests.peer.settings", "--timeout=120",
-               f"--junitxml={junit}", "-q", "-rfE", "--tb=short", "-o", "addopts="]
-    if subject == "ours":
-        command += [arg for test in STOCK_FAILURES for arg in ("--deselect", f"{PEER_TESTS}::{test}")]
     started = time.monotonic()
-    child = subprocess.Popen(command, cwd=peer_sdist, env=_child_env(tmp_path, peer_sdist, subject),
-                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    children = peer_children(peer_python, peer_sdist, tmp_path, subject)
     try:
-        output, _ = child.communicate(timeout=CHILD_TIMEOUT)
-    except subprocess.TimeoutExpired:
-        os.killpg(child.pid, signal.SIGKILL)
-        output, _ = child.communicate()
-        pytest.fail(f"the peer suite did not finish within {CHILD_TIMEOUT} s:\n{output[-6000:]}")
+        outcomes = {test: result for child in children
+                    for test, result in child.outcomes(started + CHILD_TIMEOUT).items()}
     finally:
-        _kill_leftover_broker(tmp_path)
+        for child in children:
+            child.kill()
     elapsed = time.monotonic() - started
-    (tmp_path / "peer-output.txt").write_text(output)
-    assert junit.exists(), f"the peer suite wrote no report (exit {child.returncode}):\n{output[-6000:]}"
+    output = "\n".join(child.text() for child in children)
 
-    outcomes = _outcomes(junit)
     must_fail = DELIBERATE_DIVERGENCES if subject == "ours" else STOCK_FAILURES
     not_run = STOCK_FAILURES if subject == "ours" else {}
     failing = {test: result for test, result in outcomes.items() if result[0] != "passed"}
     unexpected = sorted(test for test in failing if test not in must_fail)
     now_passing = sorted(test for test in must_fail if outcomes.get(test, ("absent",))[0] == "passed")
-    absent = sorted(test for test in must_fail if test not in outcomes)
+    absent = sorted(test for test in [*must_fail, *REAL_TIME_TESTS] if test not in outcomes)
 
     def label(test: str) -> str:
         return ("deliberate" if test in DELIBERATE_DIVERGENCES and subject == "ours"

@@ -64,6 +64,9 @@ def pytest_configure(config):
     schedulers.DatabaseScheduler = PeerScheduleTableScheduler
     schedulers.ModelEntry = RunRecordingEntry
 
+    # On a sped-up clock (tests/test_peer_scheduler_suite.py REAL_TIME_TESTS) the broker keeps the real
+    # one: the lease it holds expires in real time, as the scheduler renews it (on the monotonic clock).
+    os.environ.pop("LD_PRELOAD", None)
     settings = get_settings()
     _broker = EmbeddedBroker(settings)
     _broker.start()

@@ -6,10 +6,16 @@ or done, and a delayed message may be waiting in the worker (the broker's `unack
 
 import json
 
-from sqlalchemy import select
+from pathlib import Path
 
-from app.core.database import session_scope
+from sqlalchemy import inspect, make_url, select
+from sqlalchemy.exc import DBAPIError
+
+from app.core.database import make_engine, session_scope
 from app.models import JobRun
+
+HISTORY_COLUMNS = ("id", "name", "task_id", "due_at", "sent_at", "started_at", "finished_at", "outcome",
+                   "lateness_seconds", "summary")
 
 
 def tick_until_idle(scheduler, limit=20) -> None:
@@ -38,3 +44,30 @@ def published(broker, queue: str) -> dict[str, dict]:
     messages = [json.loads(raw) for raw in broker.lrange(queue, 0, -1)]
     messages += [json.loads(raw)[0] for raw in broker.hvals("unacked")]
     return {message["headers"]["id"]: message["headers"] for message in messages}
+
+
+class CopyHistory:
+    """The run history of a project copy, read from this process: what `Project.job_runs()` prints
+    (times as ISO strings), without starting a Python process for every poll."""
+
+    def __init__(self, database_url: str):
+        url = make_url(database_url.replace("postgresql://", "postgresql+psycopg2://", 1))
+        self.sqlite_file = Path(url.database) if url.get_backend_name() == "sqlite" else None
+        self.engine = make_engine(url.render_as_string(hide_password=False))
+
+    def runs(self) -> list[dict]:
+        if self.sqlite_file and not self.sqlite_file.exists():
+            return []  # not created yet (connecting would create it)
+        try:
+            with self.engine.connect() as connection:
+                rows = connection.execute(select(*(getattr(JobRun, c) for c in HISTORY_COLUMNS))
+                                          .order_by(JobRun.id)).all()
+        except DBAPIError:
+            if inspect(self.engine).has_table(JobRun.__tablename__):
+                raise
+            return []  # the copy has not migrated yet
+        return [{column: value.isoformat() if hasattr(value, "isoformat") else value
+                 for column, value in zip(HISTORY_COLUMNS, row)} for row in rows]
+
+    def close(self) -> None:
+        self.engine.dispose()

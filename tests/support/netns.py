@@ -860,27 +860,32 @@ def _collect_lease(outcome: Outcome, watcher: LeaseWatcher) -> None:
     outcome.lease_changes, outcome.ticks = list(watcher.changes), dict(watcher.ticks)
 
 
+def on_each_host(hosts: dict[str, AppHost], step) -> None:
+    """`step(host)` on every app host at once, as their operators would; the first error re-raised here."""
+    errors: list[BaseException] = []
+
+    def run(host: AppHost) -> None:
+        try:
+            step(host)
+        except BaseException as error:  # noqa: BLE001 - re-raised below, in the caller's thread
+            errors.append(error)
+
+    threads = [threading.Thread(target=run, args=(host,)) for host in hosts.values()]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if errors:
+        raise errors[0]
+
+
 def _scenario(outcome: Outcome, network: Network, data: DataHost, hosts: dict[str, AppHost],
               watcher: LeaseWatcher, say) -> None:
     timeout = outcome.leader_timeout
     first, second = hosts[APP_A], hosts[APP_B]
 
     say("starting a worker on each app host")
-    errors: list[BaseException] = []
-
-    def start_worker(host: AppHost) -> None:
-        try:
-            host.start("worker")
-        except BaseException as error:  # noqa: BLE001 - re-raised below, in the test's thread
-            errors.append(error)
-
-    starting = [threading.Thread(target=start_worker, args=(host,)) for host in hosts.values()]
-    for thread in starting:
-        thread.start()
-    for thread in starting:
-        thread.join()
-    if errors:
-        raise errors[0]
+    on_each_host(hosts, lambda host: host.start("worker"))
     say("starting beat on appa, then (once it leads) on appb")
     first.start("beat")
     outcome.first_leader = wait_until(lambda: (h := watcher.holder()) and host_of(h) == APP_A and h, 60,
@@ -967,8 +972,7 @@ def _scenario(outcome: Outcome, network: Network, data: DataHost, hosts: dict[st
         outcome.notes.append(str(error).splitlines()[0])
 
     say("stopping the beats, letting the workers finish, stopping the workers")
-    for host in hosts.values():
-        host.manager("stop", "--service", "beat", "--timeout", "30")
+    on_each_host(hosts, lambda host: host.manager("stop", "--service", "beat", "--timeout", "30"))
     executed = lambda: {line["id"] for host in hosts.values() for line in host.results()}  # noqa: E731
 
     def drained():
@@ -979,6 +983,5 @@ def _scenario(outcome: Outcome, network: Network, data: DataHost, hosts: dict[st
         wait_until(drained, 30, "every published probe run finished")
     except AssertionError as error:
         outcome.notes.append(str(error).splitlines()[0])
-    for host in hosts.values():
-        host.manager("stop", "--service", "worker", "--timeout", "30")
+    on_each_host(hosts, lambda host: host.manager("stop", "--service", "worker", "--timeout", "30"))
     outcome.ended_at = utc_now()
