@@ -10,7 +10,7 @@ import sys
 import click
 
 from app.cli.base import EXIT_CODES, EXIT_ERROR, EXIT_OK, ErrorPolicyGroup, silence_closed_pipe
-from app.core.config import PRIVATE_UMASK
+from app.core.config import PRIVATE_UMASK, load_settings
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -22,6 +22,7 @@ def cli() -> None:
     Run COMMAND --help for the details of one command.
     """
     os.umask(PRIVATE_UMASK)  # what the commands create (var/, logs/, PID files) is their user's only
+    load_settings()  # a bad setting stops every command here, in one line, before anything starts
 
 
 def _register() -> None:

@@ -5,6 +5,8 @@ import sys
 
 import click
 
+from app.core.config import ConfigError
+
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_STOPPED = 0, 1, 2, 3
 EXIT_CODES = "Exit codes: 0 ok, 1 error, 2 wrong usage, 3 (status) something is not running."
 DEBUG_VARIABLE = "CBM_DEBUG"
@@ -80,6 +82,9 @@ class ErrorPolicyGroup(OrderedGroup):
             silence_closed_pipe()
             raise click.exceptions.Exit(EXIT_OK) from None
         except KeyboardInterrupt:
+            raise click.exceptions.Exit(EXIT_ERROR) from None
+        except ConfigError as error:  # before expected_errors(), which needs a configuration that loads
+            click.echo(f"error: {one_line(error)}", err=True)
             raise click.exceptions.Exit(EXIT_ERROR) from None
         except expected_errors() as error:
             click.echo(f"error: {one_line(error)}", err=True)
