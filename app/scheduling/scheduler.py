@@ -341,6 +341,9 @@ class ScheduleTableScheduler(DatabaseScheduler):
         policy = run.policy
         missed = policy.missed == "skip" and (now - run.due_at).total_seconds() > policy.grace
         busy = self._busy_window(run, now) if policy.overlap == "skip" and not missed else None
+        if busy is not None:
+            # A run sent late earlier in this burst must count as sent now, not at its old due time.
+            self._note_published()
 
         def advance(connection: Connection) -> bool:
             return run.entry.advance(connection, run.due_at, run.entry.total_run_count + 1)
