@@ -65,7 +65,7 @@ class EventBatchingConsumer(Consumer):
 
     def connect(self):
         connection = super().connect()
-        self._give_back_abandoned()
+        self._give_back_abandoned(connection)
         return connection
 
     def _task_channel_qos(self):
@@ -73,26 +73,37 @@ class EventBatchingConsumer(Consumer):
         channel = getattr(self.task_consumer, "channel", None)
         return getattr(channel, "qos", None)
 
-    def _give_back_abandoned(self) -> None:
+    def _give_back_abandoned(self, connection) -> None:
         """Put back on their queues the messages held on a lost connection, now that a new one works.
 
         On a lost connection Celery cancels the running late-ack tasks and drops the prefetched ones
         and the ETA retries waiting in memory; they cannot be acked on the new channel, and kombu's
         restore at close needed the broker that had just gone away. Left alone they would wait in the
-        broker's unacked set for the whole visibility timeout (an hour). Each is given back once
-        (kombu's restore_by_tag is a transaction on the unacked hash): none is lost or doubled.
+        broker's unacked set for the whole visibility timeout (an hour). A message can still arrive on
+        the old channel as it closes (kombu reads a pending BRPOP reply in `Channel.close`).
+
+        The old channel cannot give them back itself: closing it set its `connection` to None, and
+        every command it would send needs that (`'NoneType' object has no attribute 'client'`). Its
+        delivery tags are restored through the new connection's channel instead; the unacked set is
+        one per broker. Each is given back once (kombu's restore_by_tag is a transaction on the
+        unacked hash): none is lost or doubled.
         """
         while self._abandoned:
-            qos = self._abandoned[0]
-            held = len(qos._delivered)
+            abandoned = self._abandoned[0]
+            given_back = 0
             try:
-                qos.restore_unacked()
+                restorer = connection.default_channel.qos
+                for tag in list(abandoned._delivered):
+                    restorer.restore_by_tag(tag)
+                    abandoned._delivered.pop(tag, None)
+                    given_back += 1
             except Exception as error:  # noqa: BLE001 - the broker went away again: next connect
                 log.warning("messages held on the lost broker connection not given back yet: %s", error)
                 return
             self._abandoned.pop(0)
-            if held:
-                log.warning("gave back %d message(s) held on the lost broker connection to their queues", held)
+            if given_back:
+                log.warning("gave back %d message(s) held on the lost broker connection to their queues",
+                            given_back)
 
 
 def _leave_open() -> None:
