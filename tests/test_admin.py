@@ -1,4 +1,9 @@
-"""The schedule admin in a real browser: an edit there reaches the running beat without a restart."""
+"""The schedule admin in a real browser: an edit there reaches the running beat without a restart.
+
+On the embedded default only: the browser and the admin are the subject here. The change tracking
+beat relies on (django-celery-beat's PeriodicTasks row) is the same ORM code on PostgreSQL; beat on
+PostgreSQL runs in the fault and stall scenarios (tests/test_beat_faults.py, tests/test_beat_stalls.py).
+"""
 
 import json
 from contextlib import contextmanager
@@ -52,7 +57,8 @@ def logged_in_admin(project, *services: str):
         browser.close()
 
 
-def test_an_admin_edit_reaches_the_running_beat_without_restart(project):
+def test_an_admin_edit_reaches_the_running_beat_without_restart(embedded_project):
+    project = embedded_project
     with logged_in_admin(project, "beat") as (page, base, two_seconds):
         page.goto(f"{base}/admin/django_celery_beat/periodictask/")
         page.click("text=cleanup-temp-files")

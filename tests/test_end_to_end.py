@@ -1,6 +1,8 @@
 """The service as users run it: beat sends a due job, a worker runs it, the result is logged.
 
-Each test runs on the embedded default (Valkey + SQLite) and on the machine's Redis + PostgreSQL.
+The service's own paths (beat to broker to worker, the table sync) run on the embedded default
+(Valkey + SQLite) and on the machine's Redis + PostgreSQL; the domain flow on the embedded default
+only (its database code runs on both in tests/services/).
 """
 
 import json
@@ -56,7 +58,8 @@ def test_ctrl_c_stops_everything_even_when_started_with_sigint_ignored(embedded_
     assert project.processes() == []
 
 
-def test_imported_deliveries_are_tracked_by_the_running_service(project, tmp_path):
+def test_imported_deliveries_are_tracked_by_the_running_service(embedded_project, tmp_path):
+    project = embedded_project
     csv_file = tmp_path / "deliveries.csv"
     csv_file.write_text("reference,recipient_name,phone,address,carrier,tracking_number,deadline\n"
                         "CASE-1,张三,13800138000,北京市朝阳区建国路1号,ems,EM100000001CN,2099-12-31\n"

@@ -4,7 +4,9 @@ import os
 
 import pytest
 
-DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/13"
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/8"
+# A stock Redis has databases 0 to 15.
+REDIS_DATABASES = 16
 DEFAULT_POSTGRES_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/test"
 
 
@@ -12,7 +14,11 @@ def worker_database(url: str) -> str:
     """Under pytest-xdist, worker gwN takes database number base + N, so workers never flush each other's."""
     worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
     base, _, number = url.rpartition("/")
-    return f"{base}/{int(number or 0) + int(worker.removeprefix('gw'))}"
+    database = int(number or 0) + int(worker.removeprefix("gw"))
+    if database >= REDIS_DATABASES:
+        pytest.fail(f"TEST_REDIS_URL {url}: test worker {worker} would take database {database}, past the "
+                    f"last one ({REDIS_DATABASES - 1}); give a lower database number", pytrace=False)
+    return f"{base}/{database}"
 
 
 def redis_test_url() -> str:
