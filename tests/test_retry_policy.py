@@ -4,6 +4,8 @@ The tasks below are registered when this module is collected, before the session
 """
 
 import socket
+import subprocess
+import sys
 from collections import Counter
 
 import httpx
@@ -131,3 +133,11 @@ def test_a_transient_error_is_retried(worker, celery_app, kind):
     assert result.get(timeout=RESULT_TIMEOUT) == {"attempts": 2}
     assert EXECUTIONS[result.id] == 2
 
+
+
+def test_loading_the_app_and_its_tasks_leaves_playwrights_api_unimported():
+    """Every worker, beat and CLI process loads the app; only a screenshot needs Playwright's API."""
+    probe = ("from app.tasks.celery_app import app; app.loader.import_default_modules(); import sys; "
+             "print('playwright.sync_api' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert result.stdout.strip() == "False", result.stdout + result.stderr

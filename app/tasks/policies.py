@@ -15,7 +15,10 @@ import redis.exceptions
 import sqlalchemy.exc
 from celery.exceptions import SoftTimeLimitExceeded
 from django.db import utils as django_db
-from playwright.sync_api import Error as PlaywrightError
+# The class playwright.sync_api exports, from the module that defines it: importing sync_api itself
+# costs every worker, beat and CLI process about a third of a second, for a name in a tuple
+# (tests/test_retry_policy.py checks both are the same class).
+from playwright._impl._errors import Error as PlaywrightError
 
 from app.services.backups import BackupError
 from app.services.carriers.base import CarrierError
