@@ -1,4 +1,4 @@
-"""The schedule: list, clear, run one job now; the schema and the admin's users."""
+"""The schedule: list, clear, run one job now, a job's history, pause and resume; the schema and the admin's users."""
 
 import os
 import sys
@@ -216,7 +216,9 @@ def run(job: str, no_wait: bool, timeout: float) -> int:
             require_worker(queue)
         except CliError as error:
             raise CliError(f"{error}, or pass --no-wait to queue the job") from None
-    result = app.send_task(entry["task"], args=entry.get("args", []), kwargs=entry.get("kwargs", {}), queue=queue)
+    from app.scheduling.actions import entry_call, send_now
+
+    result = send_now(app, entry_call(job, entry))
     if no_wait:
         click.echo(result.id)
         return EXIT_OK
@@ -229,4 +231,82 @@ def run(job: str, no_wait: bool, timeout: float) -> int:
     return EXIT_OK
 
 
-COMMANDS = [list_jobs, clear, run, migrate, createsuperuser]
+NOT_STORED = "'list' shows the jobs (beat writes those of beat_schedules.py at its start)"
+HISTORY = ["due", "sent", "started", "finished", "outcome", "late", "task id"]
+HISTORY_NOTE = ("times are Asia/Shanghai (+08:00), newest first; due = when the run fell due ('-': sent by hand with "
+                "'run' or the admin's run now); late = how long after its due time beat sent it")
+
+
+def _known_job(job: str) -> None:
+    """CliError unless `job` is in the database or has runs recorded."""
+    from django_celery_beat.models import PeriodicTask
+
+    from app.core.database import SessionFactory
+    from app.scheduling.history import has_runs
+
+    if not PeriodicTask.objects.filter(name=job).exists() and not has_runs(SessionFactory, job):
+        raise CliError(f"no job {job!r} in the database; {NOT_STORED}")
+
+
+def _history_row(run) -> list[str]:
+    late = "-" if run.lateness_seconds is None or run.sent_at is None else f"{run.lateness_seconds:.1f}s"
+    return [_short_time(run.due_at), _short_time(run.sent_at), _short_time(run.started_at),
+            _short_time(run.finished_at), _outcome_note(run.outcome), late, run.task_id or "-"]
+
+
+@click.command("history", help="运行历史 / a job's latest runs: due, sent, started, finished, outcome, lateness, task id.")
+@click.argument("job")
+@click.option("--last", type=click.IntRange(1, 10_000), default=20, show_default=True, help="how many runs")
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output (times ISO 8601 with offset)")
+def history(job: str, last: int, as_json: bool) -> int:
+    """JOB: the job's name, e.g. cleanup-temp-files ('list' shows them)."""
+    ensure_schema()
+    from app.core.database import SessionFactory
+    from app.scheduling.history import recent_runs
+
+    _known_job(job)
+    runs = recent_runs(SessionFactory, job, last)
+    if as_json:
+        echo_json([run.as_dict() for run in runs])
+        return EXIT_OK
+    if not runs:
+        click.echo(f"{job}: no runs recorded yet")
+        return EXIT_OK
+    click.echo(table(HISTORY, [_history_row(run) for run in runs]))
+    click.echo(f"\n{textwrap.fill(HISTORY_NOTE, width=120)}")
+    return EXIT_OK
+
+
+def _set_paused(job: str, paused: bool) -> int:
+    ensure_schema()
+    from app.scheduling.actions import UnknownJob, set_paused
+
+    try:
+        change = set_paused(job, paused)
+    except UnknownJob:
+        raise CliError(f"no job {job!r} in the database; {NOT_STORED}") from None
+    state = "paused" if paused else "resumed"
+    if not change.changed:
+        click.echo(f"{job} was already {'paused' if paused else 'enabled'}; nothing changed")
+    elif paused:
+        click.echo(f"{job} {state}: beat sends none of its runs until 'resume' (within a tick, no restart)")
+    else:
+        click.echo(f"{job} {state}: its next run is at its next scheduled time (runs of the pause are not caught up)")
+    return EXIT_OK
+
+
+@click.command("pause", help="暂停任务 / stop sending a job's runs until 'resume'; it survives beat restarts.")
+@click.argument("job")
+def pause(job: str) -> int:
+    """JOB: the job's name ('list' shows them)."""
+    return _set_paused(job, True)
+
+
+@click.command("resume", help="恢复任务 / send a paused job's runs again, from its next scheduled time.")
+@click.argument("job")
+def resume(job: str) -> int:
+    """JOB: the job's name ('list' shows them)."""
+    return _set_paused(job, False)
+
+
+COMMANDS = [list_jobs, clear, run, history, pause, resume, migrate, createsuperuser]

@@ -105,6 +105,8 @@ class Settings(BaseSettings):
     admin_address: str = "127.0.0.1"
     admin_port: int = Field(8000, ge=1, le=65535)
     admin_allowed_hosts: str = "127.0.0.1,localhost"  # Host names the admin answers to, comma-separated
+    # A bearer token that lets Prometheus scrape the admin's /metrics without a login; unset or empty = login only.
+    metrics_token: str | None = None
 
     tracking_provider: Literal["kuaidi100", "simulator"] = "simulator"
     kuaidi100_customer: str | None = None
@@ -197,6 +199,15 @@ class Settings(BaseSettings):
         if value is not None and not all(user and password for user, _, password in
                                          (pair.partition(":") for pair in value.split(","))):
             raise ValueError("FLOWER_BASIC_AUTH must be user:password (several separated by commas)")
+        return value
+
+    @field_validator("metrics_token")
+    @classmethod
+    def _long_token(cls, value):
+        if not value:  # METRICS_TOKEN= in .env: token scraping off
+            return None
+        if len(value) < 16:
+            raise ValueError("METRICS_TOKEN must be at least 16 characters (a short token can be guessed)")
         return value
 
     @field_validator("log_level", mode="before")

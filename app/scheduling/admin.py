@@ -70,3 +70,4 @@ admin.site.unregister(PeriodicTask)
 admin.site.register(PeriodicTask, ScheduleAdmin)
 admin.site.site_header = "定时任务管理 / Scheduled jobs"
 admin.site.site_title = "定时任务管理"
+admin.site.index_template = "scheduling/admin_index.html"  # links the schedule page (app/scheduling/views.py)

@@ -33,11 +33,13 @@ DEFAULT_POLICY = JobPolicy()
 STOCK_POLICY = JobPolicy(overlap="allow")
 
 
-def stored_policies() -> dict[str, JobPolicy]:
-    """The policy saved for each job (the sync writes those of beat_schedules.py), by job name."""
+def stored_policies(names: list[str] | None = None) -> dict[str, JobPolicy]:
+    """The policy saved for each job (the sync writes those of beat_schedules.py), by job name;
+    only for the jobs in `names` when given."""
     from app.scheduling.models import SchedulePolicy
 
-    rows = SchedulePolicy.objects.values_list("task__name", "overlap", "missed", "grace", "jitter")
+    saved = SchedulePolicy.objects.all() if names is None else SchedulePolicy.objects.filter(task__name__in=names)
+    rows = saved.values_list("task__name", "overlap", "missed", "grace", "jitter")
     return {name: JobPolicy(overlap, missed, grace, jitter) for name, overlap, missed, grace, jitter in rows}
 
 

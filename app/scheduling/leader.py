@@ -154,6 +154,7 @@ class Liveness:
     ok: bool
     detail: str
     heartbeats: list[BeatHeartbeat]
+    holder: str | None = None  # the identity holding the leader lease
 
 
 def beat_liveness(client: redis.Redis, timeout: float) -> Liveness:
@@ -163,10 +164,10 @@ def beat_liveness(client: redis.Redis, timeout: float) -> Liveness:
     standbys = sum(beat.identity != holder and beat.alive(timeout) for beat in heartbeats)
     others = f"; {standbys} standby" if standbys else ""
     if leader and leader.alive(timeout):
-        return Liveness(True, f"{holder} leads, last tick {leader.age_seconds:.1f} s ago{others}", heartbeats)
+        return Liveness(True, f"{holder} leads, last tick {leader.age_seconds:.1f} s ago{others}", heartbeats, holder)
     if leader:
         return Liveness(False, f"{holder} holds the lease but has not ticked for {leader.age_seconds:.0f} s "
-                               f"(stuck?){others}", heartbeats)
+                               f"(stuck?){others}", heartbeats, holder)
     last = min(heartbeats, key=lambda beat: beat.age_seconds, default=None)
     seen = f"last heartbeat {last.age_seconds:.0f} s ago from {last.identity}" if last else "no beat has ticked"
-    return Liveness(False, f"no beat leads: {seen}{others}", heartbeats)
+    return Liveness(False, f"no beat leads: {seen}{others}", heartbeats, holder)

@@ -11,8 +11,9 @@ from app.core.config import TIMEZONE
 from app.core.database import SessionFactory
 from app.scheduling.job_policy import DEFAULT_POLICY, STOCK_POLICY, policy_of, stored_policies
 from app.scheduling.models import CodeDefinedJob
+from app.scheduling.slots import period_after
 from app.scheduling.sync import desired_state, drift
-from app.services.job_runs import last_runs
+from app.services.job_runs import LastRun, last_runs
 
 SHANGHAI = ZoneInfo(TIMEZONE)
 
@@ -33,13 +34,20 @@ class JobRow:
     last_outcome: str | None = None  # of the latest recorded run: success, failure, skipped_overlap ...
     last_lateness_seconds: float | None = None  # how long after its due time beat sent it
     policy: dict = field(default_factory=lambda: asdict(STOCK_POLICY))  # overlap, missed, grace, jitter
+    upcoming: list[datetime] = field(default_factory=list)  # its next runs, when asked for (job_rows' upcoming)
+    id: int | None = None  # of its periodic task; None when not in the database yet
 
     def as_dict(self) -> dict:
         """For JSON: times ISO 8601 in Asia/Shanghai with their offset."""
         row = asdict(self)
         for key in ("last_run", "next_run"):
-            row[key] = row[key].astimezone(SHANGHAI).isoformat(timespec="seconds") if row[key] else None
+            row[key] = _iso(row[key])
+        row["upcoming"] = [_iso(moment) for moment in self.upcoming]
         return row
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return moment.astimezone(SHANGHAI).isoformat(timespec="seconds") if moment else None
 
 
 def _expression_of(c: CrontabSchedule) -> str:
@@ -64,14 +72,22 @@ def _words(task: PeriodicTask) -> str:
     return str(task.interval or task.solar or task.clocked)
 
 
-def next_run(task: PeriodicTask, now: datetime) -> datetime | None:
-    """When beat will next send this job (now, if it is overdue), whatever its schedule type; None
-    when disabled."""
+def due_after(schedule, last: datetime, now: datetime) -> datetime:
+    """When `schedule`, last run at `last`, falls due next: in the past while the job is overdue."""
+    upcoming = now + schedule.remaining_estimate(last)  # measured from the schedule's own, later, now()
+    return (upcoming + timedelta(microseconds=500_000)).replace(microsecond=0)
+
+
+def fire_times(task: PeriodicTask, now: datetime, count: int = 5) -> list[datetime]:
+    """When beat will send the job's next `count` runs (the first now, if it is overdue), whatever its
+    schedule type; fewer for a one-off, none when disabled."""
     if not task.enabled:
-        return None
-    last = task.last_run_at or task.date_changed or now
-    upcoming = now + task.schedule.remaining_estimate(last)  # measured from the schedule's own, later, now()
-    return max((upcoming + timedelta(microseconds=500_000)).replace(microsecond=0), now)
+        return []
+    schedule = task.schedule
+    times = [max(due_after(schedule, task.last_run_at or task.date_changed or now, now), now)]
+    while len(times) < count and (step := period_after(schedule, times[-1])):
+        times.append(times[-1] + step)
+    return times
 
 
 def _file_policy(entry: dict):
@@ -98,15 +114,27 @@ def _unsynced_row(name: str, entry: dict) -> JobRow:
                   policy=asdict(_file_policy(entry)))
 
 
-def job_rows(table: dict[str, dict], now: datetime | None = None) -> list[JobRow]:
-    """One row per periodic task in the database, and per table entry not written there yet."""
+def job_rows(table: dict[str, dict], now: datetime | None = None, tasks=None,
+             runs: dict[str, LastRun] | None = None, upcoming: int = 0) -> list[JobRow]:
+    """One row per periodic task in the database, and per table entry not written there yet.
+
+    Given `tasks` (a query of some periodic tasks, e.g. one page of them) and the latest `runs`
+    of those, the rows of those tasks only, in the query's order. With `upcoming`, each row also
+    has that many of its next runs.
+    """
     now = now or timezone.now()
-    code_defined = dict(CodeDefinedJob.objects.values_list("name", "replaced_fields"))
-    runs = last_runs(SessionFactory)
-    policies = stored_policies()
+    subset = tasks is not None
+    tasks = list((PeriodicTask.objects.order_by("name") if tasks is None else tasks)
+                 .select_related("crontab", "interval", "solar", "clocked"))
+    names = [task.name for task in tasks] if subset else None
+    records = CodeDefinedJob.objects.all() if names is None else CodeDefinedJob.objects.filter(name__in=names)
+    code_defined = dict(records.values_list("name", "replaced_fields"))
+    runs = last_runs(SessionFactory) if runs is None else runs
+    policies = stored_policies(names)
     rows = []
-    for task in PeriodicTask.objects.select_related("crontab", "interval", "solar", "clocked").order_by("name"):
+    for task in tasks:
         from_file = task.name in code_defined
+        ahead = fire_times(task, now, max(upcoming, 1))
         rows.append(JobRow(
             name=task.name,
             task=task.task,
@@ -115,7 +143,7 @@ def job_rows(table: dict[str, dict], now: datetime | None = None) -> list[JobRow
             queue=task.queue,
             enabled=task.enabled,
             last_run=task.last_run_at,
-            next_run=next_run(task, now),
+            next_run=ahead[0] if ahead else None,
             source="beat_schedules.py" if from_file else "admin",
             drift=drift(task, table[task.name]) if from_file and task.name in table else [],
             replaced_admin_edit=code_defined.get(task.name) or [],
@@ -123,10 +151,20 @@ def job_rows(table: dict[str, dict], now: datetime | None = None) -> list[JobRow
             last_lateness_seconds=runs[task.name].lateness_seconds if task.name in runs else None,
             policy=asdict(policies.get(task.name) or (_file_policy(table[task.name]) if from_file and task.name in table
                                                       else STOCK_POLICY)),
+            upcoming=ahead if upcoming else [],
+            id=task.pk,
         ))
+    if subset:
+        return rows
     stored = {row.name for row in rows}
     rows += [_unsynced_row(name, entry) for name, entry in table.items() if name not in stored]
     return sorted(rows, key=lambda row: row.name)
+
+
+def unsynced_jobs(table: dict[str, dict]) -> list[str]:
+    """The table's entries beat has not written into the database yet."""
+    stored = set(PeriodicTask.objects.filter(name__in=list(table)).values_list("name", flat=True))
+    return sorted(set(table) - stored)
 
 
 def next_due(table: dict[str, dict], now: datetime | None = None) -> JobRow | None:

@@ -120,10 +120,16 @@ def stored_state(task: PeriodicTask) -> dict:
     }
 
 
+# A pause (`enabled` off, from `pause` or the admin) is no edit of the entry: it stands whatever the
+# file's entry says or later says, until `resume`. An entry removed from the file is disabled too, but
+# its record goes, so the entry added back starts enabled.
+PAUSE_FIELD = "enabled"
+
+
 def drift(task: PeriodicTask, entry: dict) -> list[str]:
-    """The fields of a code-defined job that the database holds differently from the file."""
+    """The fields of a code-defined job that the database holds differently from the file (a pause is none)."""
     desired, stored = desired_state(entry), stored_state(task)
-    return [field for field in desired if desired[field] != stored[field]]
+    return [field for field in desired if field != PAUSE_FIELD and desired[field] != stored[field]]
 
 
 def _first_or_create(model, **fields):
@@ -168,7 +174,8 @@ def _overwritten_admin_edits(name: str, record: CodeDefinedJob | None, entry: di
         return []
     stored = stored_state(PeriodicTask.objects.select_related("crontab", "interval").get(name=name))
     desired = desired_state(entry)
-    return [key for key, value in record.synced_state.items() if value != stored.get(key) != desired.get(key)]
+    return [key for key, value in record.synced_state.items()
+            if key != PAUSE_FIELD and value != stored.get(key) != desired.get(key)]
 
 
 def _sync_policy(name: str, entry: dict, record: CodeDefinedJob) -> None:
@@ -207,7 +214,10 @@ def sync_schedule_table(table: dict[str, dict]) -> SyncReport:
                 _sync_policy(name, entry, record)
                 continue
             replaced = _overwritten_admin_edits(name, record, entry) if exists else []
-            task, _ = PeriodicTask.objects.update_or_create(name=name, defaults=periodic_task_fields(entry))
+            fields = periodic_task_fields(entry)
+            if record is not None and exists and not PeriodicTask.objects.get(name=name).enabled:
+                fields[PAUSE_FIELD] = False  # paused: the changed entry applies from `resume` on
+            task, _ = PeriodicTask.objects.update_or_create(name=name, defaults=fields)
             record, _ = CodeDefinedJob.objects.update_or_create(name=name, defaults={
                 "fingerprint": fingerprint, "synced_state": stored_state(task), "replaced_fields": replaced})
             _sync_policy(name, entry, record)
