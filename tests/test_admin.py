@@ -6,6 +6,9 @@ PostgreSQL runs in the fault and stall scenarios (tests/test_beat_faults.py, tes
 """
 
 import json
+import os
+import subprocess
+import sys
 from contextlib import contextmanager
 
 import pytest
@@ -16,6 +19,12 @@ from tests.support.waiting import wait_until
 pytestmark = pytest.mark.e2e
 
 PASSWORD = "s3cret-for-tests"
+OPEN_CONNECTIONS = """
+import app.core.wsgi
+from django.db import connections
+from app.core.database import engine
+print(engine.pool.checkedin(), sum(c.connection is not None for c in connections.all(initialized_only=True)))
+"""
 TWO_SECONDS = """
 from app.tasks.celery_app import app
 from app.core.migrations import migrate_all
@@ -131,3 +140,13 @@ def test_createsuperuser_refuses_a_weak_password(embedded_project):
     project.env["DJANGO_SUPERUSER_PASSWORD"] = PASSWORD
     created = project.manager("createsuperuser", "--no-input", "--username", "ops")
     assert created.returncode == 0, "the refused user was never created: the name is still free"
+
+
+def test_the_admin_app_leaves_no_database_connection_for_gunicorns_forked_workers_to_share(tmp_path):
+    """gunicorn --preload imports the admin once and forks its workers: a connection the migration
+    left open would be one socket used by every worker."""
+    env = {**os.environ, "VAR_DIR": str(tmp_path / "var")}
+    probe = subprocess.run([sys.executable, "-c", OPEN_CONNECTIONS], env=env, capture_output=True, text=True,
+                           timeout=120)
+    assert probe.returncode == 0, probe.stderr
+    assert probe.stdout.split() == ["0", "0"], "pooled SQLAlchemy connections, open Django connections"

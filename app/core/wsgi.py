@@ -16,3 +16,18 @@ from app.tasks.celery_app import app as celery_app  # noqa: E402  (the admin lis
 celery_app.loader.import_default_modules()
 migrate_all()  # the admin may be the first service started; a no-op once applied
 application = get_wsgi_application()
+
+
+def _close_connections_before_fork() -> None:
+    """gunicorn runs with --preload: this module is imported once, in the master, and its workers
+    are forked from it. A database connection opened here (the migration's) would be shared by
+    every worker's process; each opens its own instead."""
+    from django.db import connections
+
+    from app.core.database import engine
+
+    connections.close_all()
+    engine.dispose()
+
+
+_close_connections_before_fork()

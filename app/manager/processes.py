@@ -137,7 +137,7 @@ def service_process(settings: Settings, name: str, loglevel: str = "info",
     if name == "admin":
         logfile = logs / "admin.log"
         argv = _watched(logfile, "gunicorn", ADMIN_APP, "--bind", f"{settings.admin_address}:{settings.admin_port}",
-                        "--workers", "2", "--graceful-timeout", "10", "--log-level", loglevel,
+                        "--workers", "2", "--preload", "--graceful-timeout", "10", "--log-level", loglevel,
                         "--no-control-socket")  # gunicorn 27's default socket is one per user, not per admin
         return ServiceProcess("admin", argv, run / "admin.pid", logfile, run / "admin.console",
                               _port_open(settings.admin_port), ADMIN_STOP_TIMEOUT, ("gunicorn", ADMIN_APP))
