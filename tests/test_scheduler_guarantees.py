@@ -140,8 +140,9 @@ def test_a_beat_that_lost_the_lease_after_recording_never_publishes(beat, beat_b
     assert leader._record(run, now()) == "sending"
     beat_broker.set(LEASE_KEY, "another-host:1:ab", px=60_000)  # it stalled; a standby took over
 
-    assert leader._publish(run, leader.producer), "given up, not retried"
-    assert run.task_id not in published(beat_broker, QUEUE)
+    with published() as messages:
+        assert leader._publish(run, leader.producer), "given up, not retried"
+    assert run.task_id not in messages
     [row] = history()["every-ten"]
     assert row.outcome == "lost" and "lost the lease" in row.summary
 

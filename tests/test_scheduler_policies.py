@@ -69,10 +69,11 @@ def test_a_run_within_grace_is_sent_under_either_policy(celery_app, beat_broker,
 def test_jitter_delays_the_run_by_at_most_its_bound(celery_app, beat_broker, clean_history):
     table = {"heavy": entry(half_an_hour_ago_minute(), jitter=600)}
     scheduler = scheduler_after_downtime(celery_app, table)
-    tick_until_idle(scheduler)
+    with published() as messages:
+        tick_until_idle(scheduler)
     scheduler.close()
     [run] = history()["heavy"]
-    eta = datetime.fromisoformat(published(beat_broker, QUEUE)[run.task_id]["eta"])
+    eta = datetime.fromisoformat(messages[run.task_id]["eta"])
     assert run.sent_at - timedelta(seconds=1) <= eta <= run.sent_at + timedelta(seconds=601)
 
 

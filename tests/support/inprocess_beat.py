@@ -1,13 +1,13 @@
 """The scheduler run in the test process, on the embedded broker and SQLite: its history and what it published.
 
 The session's in-process worker may be consuming the queues, so a sent run may already be running
-or done, and a delayed message may be waiting in the worker (the broker's `unacked` hash).
+or done: what was published is read from Celery's `after_task_publish` signal, not from the queue.
 """
 
-import json
-
+from contextlib import contextmanager
 from pathlib import Path
 
+from celery.signals import after_task_publish
 from sqlalchemy import inspect, make_url, select
 from sqlalchemy.exc import DBAPIError
 
@@ -39,11 +39,23 @@ def history(names=None) -> dict[str, list[JobRun]]:
     return grouped
 
 
-def published(broker, queue: str) -> dict[str, dict]:
-    """The headers of the messages in `queue` or held by a worker, by task id."""
-    messages = [json.loads(raw) for raw in broker.lrange(queue, 0, -1)]
-    messages += [json.loads(raw)[0] for raw in broker.hvals("unacked")]
-    return {message["headers"]["id"]: message["headers"] for message in messages}
+@contextmanager
+def published():
+    """The headers of every task message this process publishes meanwhile, by task id.
+
+    Celery sends `after_task_publish` only once the broker took the message, so a publish the
+    leader fence refused is not in it.
+    """
+    messages: dict[str, dict] = {}
+
+    def keep(headers=None, **_):
+        messages[headers["id"]] = headers
+
+    after_task_publish.connect(keep, weak=False)
+    try:
+        yield messages
+    finally:
+        after_task_publish.disconnect(keep)
 
 
 class CopyHistory:
