@@ -38,19 +38,6 @@ from django_celery_beat.models import PeriodicTask
 print(json.dumps({t.name: t.enabled for t in PeriodicTask.objects.all()}))
 """
 
-JOB_RUNS = """
-import json
-from sqlalchemy import select
-from app.core.database import session_scope
-from app.models import JobRun
-with session_scope() as session:
-    rows = session.scalars(select(JobRun).order_by(JobRun.id)).all()
-    print(json.dumps([{c: (v.isoformat() if hasattr(v, "isoformat") else v)
-                       for c in ("id", "name", "task_id", "due_at", "sent_at", "started_at", "finished_at",
-                                 "outcome", "lateness_seconds", "summary") for v in [getattr(r, c)]} for r in rows]))
-"""
-
-
 def moment(text: str | None) -> datetime | None:
     """A time from `Project.job_runs()` (an ISO string, or None) as a datetime."""
     return datetime.fromisoformat(text) if text else None
@@ -75,6 +62,8 @@ class Project:
         self.env.update(extra_env or {})
         self.logs = self.root / "logs"
         self.foreground: subprocess.Popen | None = None
+        self._history = None  # a CopyHistory of the database at self._history_url
+        self._history_url: str | None = None
 
     def python(self, code: str, *args: str) -> str:
         result = subprocess.run([sys.executable, "-c", code, *args], cwd=self.root, env=self.env,
@@ -107,9 +96,28 @@ class Project:
     def schedule_state(self) -> dict[str, bool]:
         return json.loads(self.python(SCHEDULE_STATE).strip().splitlines()[-1])
 
+    def database_url(self) -> str:
+        """The copy's database, as its own settings name it (its APP_HOME is the copy)."""
+        from app.core.config import Settings
+
+        return Settings(app_home=self.root, database_url=self.env.get("DATABASE_URL") or None,
+                        var_dir=self.env.get("VAR_DIR") or None).sqlalchemy_url
+
     def job_runs(self) -> list[dict]:
-        """The run history (job_runs) in the copy's database, oldest first, times as ISO strings."""
-        return json.loads(self.python(JOB_RUNS).strip().splitlines()[-1])
+        """The run history (job_runs) in the copy's database, oldest first, times as ISO strings; read
+        from this process, so polling it starts no Python process."""
+        from tests.support.inprocess_beat import CopyHistory
+
+        url = self.database_url()
+        if self._history is None or self._history_url != url:
+            self.close_history()
+            self._history, self._history_url = CopyHistory(url), url
+        return self._history.runs()
+
+    def close_history(self) -> None:
+        if self._history is not None:
+            self._history.close()
+            self._history = None
 
     def edit_schedule(self, remove: str) -> None:
         """Remove one entry from the copy's beat_schedules.py, as a user would in an editor."""
@@ -177,6 +185,7 @@ class Project:
             except psutil.Error:
                 pass
         psutil.wait_procs(found, timeout=10)
+        self.close_history()
 
     def start_process(self, *argv: str, output: str) -> subprocess.Popen:
         """Start `argv` in the copy, in a session of its own, its stdout and stderr into the file `output` there."""
