@@ -30,6 +30,8 @@ import django  # noqa: E402
 
 django.setup()
 
+from tests.support.browser import chromium_path  # noqa: E402
+from tests.support.fonts import cjk_font_path  # noqa: E402
 from tests.support.project import Project  # noqa: E402
 from tests.support.services import (  # noqa: E402
     embedded_broker_for_session,
@@ -198,3 +200,11 @@ def cli_delivery(tmp_path):
     delivery_id = add_delivered(sessionmaker(bind=engine, expire_on_commit=False), var_dir / "files")
     engine.dispose()
     return var_dir, delivery_id
+
+
+def pytest_runtest_setup(item):
+    """A test marked needs_cjk_font or needs_chromium skips, naming the package, where the machine lacks it."""
+    if item.get_closest_marker("needs_cjk_font"):
+        cjk_font_path()
+    if item.get_closest_marker("needs_chromium"):
+        chromium_path()

@@ -51,8 +51,9 @@ def wait_for(condition, timeout=RESULT_TIMEOUT):
     return value
 
 
+@pytest.mark.needs_cjk_font
+@pytest.mark.needs_chromium
 def test_a_delivered_delivery_gets_its_screenshot_then_its_receipt(worker, celery_app, delivery):
-    chromium_path()
     for _ in range(5):  # the simulator signs for a plain number at the fifth poll
         celery_app.send_task("app.tasks.tracking_tasks.update_tracking_status").get(timeout=RESULT_TIMEOUT)
         time.sleep(0.5)
@@ -64,8 +65,9 @@ def test_a_delivered_delivery_gets_its_screenshot_then_its_receipt(worker, celer
     assert again["evidence"] == 0, "complete evidence is not asked for again"
 
 
+@pytest.mark.needs_cjk_font
+@pytest.mark.needs_chromium
 def test_missing_evidence_is_sent_again_by_check_pending_tasks(worker, celery_app, delivery):
-    chromium_path()
     with session_scope() as session:
         row = session.get(Delivery, delivery)
         row.status = "delivered"  # delivered while the evidence chain was lost

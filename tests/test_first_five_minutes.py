@@ -14,6 +14,8 @@ pytestmark = pytest.mark.e2e
 FIRST_FIVE_MINUTES = 300
 
 
+@pytest.mark.needs_cjk_font
+@pytest.mark.needs_chromium
 def test_a_delivery_added_through_the_cli_has_its_receipt_within_five_minutes(embedded_project):
     project = embedded_project
     for variable in ("SIMULATOR_PACE", "TRACKING_POLL_INTERVAL"):  # the defaults, as a new user has them

@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from app.services.evidence.receipt import qr_claim_of
 from tests.support.app_cli import run_app
 
@@ -23,6 +25,7 @@ def test_deliveries_add_takes_the_form_fields(tmp_path):
     assert refused.returncode == 1 and "a document count must be 1 or more" in refused.stderr
 
 
+@pytest.mark.needs_cjk_font
 def test_receipts_verify_qr_checks_a_scanned_code(cli_delivery):
     var_dir, delivery_id = cli_delivery
     assert run_app(var_dir, "receipts", "generate", str(delivery_id)).returncode == 0

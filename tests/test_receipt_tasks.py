@@ -59,6 +59,7 @@ def test_receipt_task_carries_its_evidence_step(celery_app):
     assert isinstance(task, EvidenceTask) and task.evidence_step == "receipt"
 
 
+@pytest.mark.needs_cjk_font
 def test_task_issues_the_receipt_once_and_completes_the_evidence(worker, celery_app, delivered, settings):
     delivery_id = delivered()
     result = celery_app.send_task(TASK, args=[delivery_id])
@@ -85,6 +86,7 @@ def test_task_without_a_screenshot_fails_at_once_and_the_delivery_says_why(worke
                                            "has no screenshot yet")
 
 
+@pytest.mark.needs_cjk_font
 def test_task_with_a_screenshot_too_large_to_embed_fails_at_once_saying_why(worker, celery_app, delivered, settings):
     tall = io.BytesIO()
     Image.new("1", (900, 40_000), 1).save(tall, "PNG")
@@ -98,6 +100,7 @@ def test_task_with_a_screenshot_too_large_to_embed_fails_at_once_saying_why(work
     assert evidence_of(delivery_id)[1].startswith("receipt: EvidenceTooLargeError: the screenshot is 900x40000 px")
 
 
+@pytest.mark.needs_cjk_font
 def test_cli_generates_shows_and_verifies_a_receipt(cli_delivery, tmp_path):
     var_dir, delivery_id = cli_delivery
     generated = run_app(var_dir, "receipts", "generate", str(delivery_id))

@@ -48,6 +48,8 @@ def run_update(celery_app):
     return celery_app.send_task("app.tasks.tracking_tasks.update_tracking_status").get(timeout=RESULT_TIMEOUT)
 
 
+@pytest.mark.needs_cjk_font
+@pytest.mark.needs_chromium
 def test_deliveries_progress_to_delivered_run_by_run(worker, celery_app, deliveries):
     numbers = [f"EMT{i:05d}" for i in range(7)]
     deliveries(*numbers)

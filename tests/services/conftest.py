@@ -6,6 +6,7 @@ from sqlalchemy.orm import sessionmaker
 from app.core.migrations import upgrade_app_schema
 from app.services.evidence.browser import BrowserSession
 from tests.support.browser import chromium_path
+from tests.support.fonts import cjk_font_path
 
 
 @pytest.fixture
@@ -27,3 +28,9 @@ def browser(settings):
     session = BrowserSession(settings)
     yield session
     session.close()
+
+
+@pytest.fixture(scope="module")
+def font_path():
+    """The CJK font receipts are drawn with; skips, naming the package, where the machine has none."""
+    return cjk_font_path()

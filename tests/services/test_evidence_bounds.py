@@ -14,7 +14,6 @@ from sqlalchemy import select
 from app.models import Delivery, DeliveryFile, TrackingEvent
 from app.services.errors import PermanentError
 from app.services.evidence.bounds import DEFAULT_BOUNDS, EvidenceBounds, EvidenceTooLargeError, timeline_of
-from app.services.evidence.fonts import cjk_font_path
 from app.services.evidence.receipt import build_receipt_pdf, generate_receipt
 from app.services.evidence.screenshot import capture_carrier_page, capture_tracking_screenshot
 from app.services.filestore import sha256_of_file
@@ -27,11 +26,6 @@ START = datetime(2026, 1, 1, tzinfo=timezone.utc)
 CUT_MARK = f"…(已截断，原文 {len(HUGE_TEXT)} 字 / truncated, {len(HUGE_TEXT)} characters)"
 MAX_PNG_BYTES = 4 * 2**20
 MAX_PDF_BYTES = 8 * 2**20
-
-
-@pytest.fixture(scope="module")
-def font_path(settings):
-    return cjk_font_path(settings)
 
 
 def oversized_delivery(factory) -> int:
@@ -108,6 +102,7 @@ def test_a_page_over_the_pixel_limit_is_refused_as_permanent_and_nothing_is_stor
     assert file_rows(factory, delivery_id, "screenshot") == [] and not list(files_root.rglob("*.png"))
 
 
+@pytest.mark.needs_cjk_font
 def test_a_receipt_refuses_a_stored_screenshot_over_the_pixel_limit(factory, files_root):
     tall = io.BytesIO()
     Image.new("1", (900, 40_000), 1).save(tall, "PNG")  # stored before the bounds, or by hand

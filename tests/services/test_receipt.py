@@ -29,11 +29,6 @@ NOW = datetime(2026, 11, 2, 1, 30, tzinfo=timezone.utc)  # 09:30 in Shanghai
 DEJAVU = Path("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf")
 
 
-@pytest.fixture(scope="module")
-def font_path(settings):
-    return cjk_font_path(settings)
-
-
 def screenshot_png(width: int = 800, height: int = 600) -> bytes:
     """A real PNG with something drawn on it, as the screenshot step would store."""
     image = Image.new("RGB", (width, height), "white")
@@ -86,6 +81,7 @@ def stored_pdfs(files_root: Path) -> list[Path]:
     return sorted(files_root.rglob("*.pdf"))
 
 
+@pytest.mark.needs_cjk_font
 def test_receipt_pdf_has_the_chinese_title_masked_phone_timeline_and_screenshot(factory, files_root):
     delivery_id = add_delivered(factory, files_root)
     summary = generate_receipt(factory, files_root, delivery_id, now=NOW)
@@ -116,6 +112,7 @@ def test_receipt_pdf_has_the_chinese_title_masked_phone_timeline_and_screenshot(
         "application/pdf", len(reader.pages), screenshot.sha256, NOW)
 
 
+@pytest.mark.needs_cjk_font
 def test_generating_twice_returns_the_same_receipt_and_stores_it_once(factory, files_root):
     delivery_id = add_delivered(factory, files_root)
     first = generate_receipt(factory, files_root, delivery_id, now=NOW)
@@ -125,6 +122,7 @@ def test_generating_twice_returns_the_same_receipt_and_stores_it_once(factory, f
     assert stored_pdfs(files_root) == [files_root / first["path"]]
 
 
+@pytest.mark.needs_cjk_font
 def test_regenerate_issues_the_next_receipt_number(factory, files_root):
     delivery_id = add_delivered(factory, files_root)
     first = generate_receipt(factory, files_root, delivery_id, now=NOW)
@@ -138,6 +136,7 @@ def test_regenerate_issues_the_next_receipt_number(factory, files_root):
     assert generate_receipt(factory, files_root, delivery_id)["receipt_number"] == second["receipt_number"]
 
 
+@pytest.mark.needs_cjk_font
 def test_verify_accepts_the_issued_file_and_detects_one_flipped_byte(factory, files_root, tmp_path):
     delivery_id = add_delivered(factory, files_root)
     summary = generate_receipt(factory, files_root, delivery_id, now=NOW)
@@ -208,6 +207,7 @@ def test_long_screenshots_and_events_still_lay_out(font_path):
     assert f"共 {len(reader.pages)} 页" in reader.pages[-1].extract_text(), "every page numbered n of N"
 
 
+@pytest.mark.needs_cjk_font
 def test_cjk_font_comes_from_fontconfig_and_covers_chinese(settings):
     assert ord("送") in load_cjk_font(cjk_font_path(settings)).face.charToGlyph
 

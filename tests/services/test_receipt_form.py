@@ -19,7 +19,7 @@ from app.services.evidence.fonts import load_cjk_font
 from app.services.evidence.receipt import (QrClaim, ReceiptContext, build_receipt_pdf, facts_sha256, form_rows,
                                            generate_receipt, qr_claim_of, verify_qr, verify_receipt)
 from app.services.filestore import store_bytes
-from tests.services.test_receipt import NOW, font_path, new_delivery, new_events, screenshot_png  # noqa: F401
+from tests.services.test_receipt import NOW, new_delivery, new_events, screenshot_png
 
 SIGNED_BY_PROXY = "已签收，签收人：李四（他人代收），如有疑问请联系派件员"
 RASTER_SCALE = 4  # pixels per PDF point when the QR's rectangles are drawn for the decoder
@@ -87,6 +87,7 @@ def decoded_qr(pdf: bytes) -> list[str]:
     return [barcode.text for barcode in zxingcpp.read_barcodes(image)]
 
 
+@pytest.mark.needs_cjk_font
 def test_the_form_holds_every_field_of_a_served_delivery(factory, files_root, settings):
     delivery_id = add_served(factory, files_root, carrier_page=True)
     configured = settings.model_copy(update={"receipt_issuer": "北京市朝阳区人民法院", "receipt_server": "王五"})
@@ -105,7 +106,7 @@ def test_the_form_holds_every_field_of_a_served_delivery(factory, files_root, se
     assert "未设置" not in text
 
 
-def test_unset_issuer_and_server_say_so(font_path):  # noqa: F811
+def test_unset_issuer_and_server_say_so(font_path):
     pdf = build_receipt_pdf(new_delivery(), timeline_of(new_events()), screenshot_png(), "ab" * 32,
                             "HZ-20261102-00000001-1", NOW, font_path)
     text = pdf_text(pdf)
@@ -113,7 +114,7 @@ def test_unset_issuer_and_server_say_so(font_path):  # noqa: F811
     assert "案由Casecause未填写/notgiven" in text and "未登记/nonerecorded" in text
 
 
-def test_the_qr_code_decodes_to_the_receipt_number_screenshot_and_facts(font_path):  # noqa: F811
+def test_the_qr_code_decodes_to_the_receipt_number_screenshot_and_facts(font_path):
     delivery = new_delivery()
     pdf = build_receipt_pdf(delivery, timeline_of(new_events()), screenshot_png(), "ab" * 32, "HZ-20261102-00000001-1",
                             NOW, font_path)
@@ -127,6 +128,7 @@ def test_the_qr_code_decodes_to_the_receipt_number_screenshot_and_facts(font_pat
     assert decoded_qr(changed) != [expected], "any printed fact changes the QR"
 
 
+@pytest.mark.needs_cjk_font
 def test_the_same_inputs_with_documents_seal_and_sign_event_give_the_same_bytes(factory, files_root, settings,
                                                                                tmp_path):
     delivery_id = add_served(factory, files_root)
@@ -172,7 +174,7 @@ def text_outside_the_page(pdf: bytes, font_name: str) -> list[tuple[int, str, fl
     return outside
 
 
-def test_a_forty_event_timeline_and_long_fields_stay_inside_a4(font_path):  # noqa: F811
+def test_a_forty_event_timeline_and_long_fields_stay_inside_a4(font_path):
     start = datetime(2026, 11, 1, tzinfo=timezone.utc)
     events = [TrackingEvent(occurred_at=start + timedelta(hours=i), location="上海市浦东新区转运中心" * 2,
                             description=f"快件已到达【上海转运中心】，正在分拣，准备发往【北京转运中心】第 {i} 站",
@@ -186,6 +188,7 @@ def test_a_forty_event_timeline_and_long_fields_stay_inside_a4(font_path):  # no
     assert text_outside_the_page(pdf, load_cjk_font(font_path).fontName) == []
 
 
+@pytest.mark.needs_cjk_font
 def test_verify_checks_the_qr_claim_against_the_record(factory, files_root):
     delivery_id = add_served(factory, files_root)
     summary = generate_receipt(factory, files_root, delivery_id, now=NOW)
@@ -218,6 +221,7 @@ def test_verify_checks_the_qr_claim_against_the_record(factory, files_root):
     assert not tampered_via_qr.ok and f"recorded {'2' * 64}" in tampered_via_qr.message
 
 
+@pytest.mark.needs_cjk_font
 def test_verify_qr_refuses_when_the_issued_file_was_altered(factory, files_root):
     delivery_id = add_served(factory, files_root)
     summary = generate_receipt(factory, files_root, delivery_id, now=NOW)
