@@ -396,6 +396,12 @@ def test_unit_celery_app_module_imports(name):
     assert_celery_app_module(shlex.split(unit(name)["Service"]["ExecStart"]))
 
 
+def test_beat_unit_is_not_restarted_after_refusing_its_schedule():
+    from app.core.exit_codes import EXIT_CONFIG_REFUSED
+
+    assert unit("celery-beat.service")["Service"]["RestartPreventExitStatus"] == str(EXIT_CONFIG_REFUSED)
+
+
 def test_beat_unit_migrates_before_starting():
     argv = shlex.split(unit("celery-beat.service")["Service"]["ExecStartPre"])
     assert argv[:2] == [f"{VENV_BIN}python", f"{INSTALL_DIR}/celery_beat_manager.py"]

@@ -5,6 +5,8 @@ import sys
 
 import pytest
 
+from app.core.exit_codes import EXIT_CONFIG_REFUSED
+
 pytestmark = pytest.mark.e2e
 
 BAD_CRONTAB = '''
@@ -47,10 +49,25 @@ def test_bad_entry_fails_check_and_beat_start_naming_it(embedded_project, additi
 
     direct = subprocess.run([sys.executable, "-m", "celery", "-A", "app.tasks.celery_app", "beat", "--loglevel", "info"],
                             cwd=project.root, env=project.env, capture_output=True, text=True, timeout=60)
-    assert direct.returncode == 1, "beat started without the manager refuses too"
+    assert direct.returncode == EXIT_CONFIG_REFUSED, "beat started without the manager refuses too, saying not to restart it"
     assert f"beat not started: {line}" in direct.stdout + direct.stderr
     assert "Traceback" not in direct.stdout + direct.stderr
 
     assert project.schedule_state() == jobs_before, "the other jobs are untouched"
     rows = project.manager("status", "--service", "beat").stdout.splitlines()
     assert any(line.split()[:2] == ["beat", "stopped"] for line in rows)
+
+
+def test_restart_with_a_bad_entry_keeps_the_running_beat(embedded_project):
+    project = embedded_project
+    assert project.manager("start", "--service", "beat").returncode == 0
+    pidfile = project.root / "var" / "run" / "celerybeat.pid"
+    running = pidfile.read_text()
+    schedule_file = project.root / "app" / "tasks" / "beat_schedules.py"
+    schedule_file.write_text(schedule_file.read_text() + UNKNOWN_TASK)
+
+    restarted = project.manager("restart", "--service", "beat")
+
+    assert restarted.returncode == 1 and "beat not started: typo-job: unknown task" in restarted.stderr
+    assert pidfile.read_text() == running, "checked before the running beat was stopped"
+    assert any(process.pid == int(running) for process in project.processes())

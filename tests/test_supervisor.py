@@ -11,8 +11,10 @@ import time
 import psutil
 import pytest
 
+from app.core.exit_codes import EXIT_CONFIG_REFUSED
 from app.manager.supervisor import Backoff
 from tests.support.project import Project
+from tests.test_schedule_table import UNKNOWN_TASK
 from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.e2e
@@ -200,6 +202,20 @@ def test_a_service_that_keeps_dying_is_retried_with_growing_delays_then_given_up
     assert [e["kind"] for e in worker] == ["started", "exited", "restarting"] * 2 + ["started", "exited", "given-up"]
     assert [e["seconds"] for e in worker if e["kind"] == "restarting"] == [0.2, 0.4]
     assert embedded_project.processes() == [], "nothing is left, the broker it started included"
+
+
+def test_a_beat_that_refuses_its_schedule_is_given_up_at_once_not_restarted(embedded_project):
+    schedule_file = embedded_project.root / "app" / "tasks" / "beat_schedules.py"
+    schedule_file.write_text(schedule_file.read_text() + UNKNOWN_TASK)
+    refused = Foreground(embedded_project, "beat", backoff={"first": 0.2, "max_failures": 3})
+
+    assert refused.process.wait(180) == 1, refused.output()
+
+    beat = refused.events("beat")
+    assert [e["kind"] for e in beat] == ["started", "exited", "given-up"], "exit 78 is not restarted"
+    assert beat[1]["detail"] == f"exit code {EXIT_CONFIG_REFUSED}"
+    assert beat[2]["detail"].startswith("beat not started: typo-job: unknown task 'app.tasks.file_tasks.cleanup_temp_file'")
+    assert embedded_project.processes() == []
 
 
 def test_status_reports_a_beat_started_outside_the_manager_as_running_with_its_host(embedded_project):

@@ -14,6 +14,7 @@ from pathlib import Path
 import psutil
 
 from app.core.config import PRIVATE_UMASK, PROJECT_ROOT, Settings
+from app.core.exit_codes import EXIT_CONFIG_REFUSED
 from app.tasks.queues import Queue
 
 CELERY_APP = "app.tasks.celery_app"
@@ -30,6 +31,10 @@ WORKER_STOP_TIMEOUT = 660.0
 
 class ServiceError(Exception):
     """A service could not be started or stopped; the message says why in one line."""
+
+
+class ConfigRefused(ServiceError):
+    """A service exited with EXIT_CONFIG_REFUSED; the message is the reason it logged. Not to be restarted."""
 
 
 @dataclass(frozen=True)
@@ -245,13 +250,23 @@ def wait_ready(service: ServiceProcess, child: subprocess.Popen, log_offset: int
     while time.monotonic() < deadline:
         if child.poll() is not None:
             service.pidfile.unlink(missing_ok=True)
-            raise ServiceError(f"{service.name} exited with code {child.returncode} while starting")
+            raise exit_error(service, child.returncode, log_since(service, log_offset))
         if service.is_ready(log_since(service, log_offset)):
             return
         time.sleep(0.2)
     terminate_pid(child.pid, 10)
     service.pidfile.unlink(missing_ok=True)
     raise ServiceError(f"{service.name} was not ready within {timeout:.0f}s")
+
+
+def exit_error(service: ServiceProcess, code: int, output: str) -> ServiceError:
+    """Why `service` exited with `code` while starting; ConfigRefused with its logged reason for EXIT_CONFIG_REFUSED."""
+    if code == EXIT_CONFIG_REFUSED:
+        reasons = [line.partition("CRITICAL/MainProcess] ")[2] for line in output.splitlines()
+                   if "CRITICAL/MainProcess] " in line]
+        if reasons:
+            return ConfigRefused(reasons[-1])
+    return ServiceError(f"{service.name} exited with code {code} while starting")
 
 
 def terminate_pid(pid: int, timeout: float, on_wait: Callable[[float], None] | None = None) -> bool:

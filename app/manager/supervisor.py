@@ -22,15 +22,18 @@ import psutil
 
 from app.core.broker import EmbeddedBroker
 from app.core.config import Settings
+from app.core.exit_codes import EXIT_CONFIG_REFUSED
 from app.manager import inspect
 from app.manager.inspect import DueJob, Probe
 from app.manager.processes import (
     READY_TIMEOUT,
     SERVICES,
+    ConfigRefused,
     PidState,
     ServiceError,
     ServiceProcess,
     clear_stale_pidfile,
+    exit_error,
     flower_credentials,
     flower_credentials_path,
     kill_process_group,
@@ -129,7 +132,8 @@ def chosen_services(settings: Settings, choice: str) -> list[str]:
 
 
 def refuse_bad_schedule() -> None:
-    """ServiceError before starting beat when an entry of the schedule table could not be scheduled."""
+    """ServiceError when an entry of the schedule table could not be scheduled: checked before a restart
+    stops the running beat (a start needs no check: beat refuses by itself, with EXIT_CONFIG_REFUSED)."""
     from app.tasks.celery_app import app  # configures Django, which the schedule table's models need
     from app.scheduling.table import ScheduleTableError, checked_schedule_table
 
@@ -325,8 +329,6 @@ class Supervisor:
             first = next(iter(running))
             raise ServiceError(f"{', '.join(running)} already running (pid {running[first]}); "
                                "use 'restart' or 'stop' first")
-        if "beat" in names and "beat" not in running:
-            refuse_bad_schedule()
         if revive_broker:
             self.start_broker()
         pids = {}
@@ -351,7 +353,10 @@ class Supervisor:
         return outcomes
 
     def restart(self, names: Iterable[str], timeout: float | None = None) -> dict[str, int]:
-        """Stop and start `names` only (the others keep running, the broker too); their new PIDs, each ready."""
+        """Stop and start `names` only (the others keep running, the broker too); their new PIDs, each ready.
+
+        A beat is not stopped when the schedule table has an entry the new one would refuse.
+        """
         names = _in_order(names, START_ORDER)
         if "beat" in names:
             refuse_bad_schedule()
@@ -375,6 +380,8 @@ class Supervisor:
         self.emit(Event("started", name, child.pid, str(service.logfile)))
         try:
             wait_ready(service, child, offset)
+        except ConfigRefused:
+            raise  # its own one line says it all
         except ServiceError as error:
             lines = "\n".join(f"    {line}" for line in recent_output(service))
             files = f"{service.logfile.name} / {service.console.name}"
@@ -458,8 +465,6 @@ class Supervisor:
         busy = [name for name in names if clear_stale_pidfile(self.process(name)).running]
         if busy:
             raise ServiceError(f"{', '.join(busy)} already running in the background; 'stop' it first")
-        if "beat" in names:
-            refuse_bad_schedule()
         return _Foreground(self, names, stop_timeout, on_ready).run(should_stop)
 
     # -- status ----------------------------------------------------------------------------------
@@ -739,6 +744,12 @@ class _Foreground:
             self._stopped_on_request(member, pid)
             return False
         self.emit(Event("exited", member.name, pid, f"exit code {code}"))
+        if code == EXIT_CONFIG_REFUSED:
+            reason = exit_error(member.service, code, log_since(member.service, member.log_offset))
+            if member.request:
+                self._answer(member, error=str(reason))
+            self.emit(Event("given-up", member.name, pid, f"{reason}; starting it again cannot help"))
+            return True
         if member.request:
             self._answer(member, error=f"{member.name} exited with code {code} while starting; see "
                                        f"{member.service.logfile}")

@@ -34,6 +34,7 @@ from sqlalchemy.orm import sessionmaker
 from app.core.broker import redis_client
 from app.core.config import TIMEZONE, get_settings
 from app.core.database import SessionFactory, make_engine
+from app.core.exit_codes import EXIT_CONFIG_REFUSED
 from app.core.logging import one_line
 from app.core.migrations import migrate_all
 from app.models.base import utcnow
@@ -178,7 +179,7 @@ class ScheduleTableScheduler(DatabaseScheduler):
             sync_schedule_table(table)
         except ScheduleTableError as error:
             log.critical("beat not started: %s", error)
-            raise SystemExit(1) from None
+            raise SystemExit(EXIT_CONFIG_REFUSED) from None
         except Exception as error:
             # One line, then exit 1: raised on, the traceback Python prints at exit would reach the
             # log through Celery's stdout/stderr redirection one write() (a word, a "^") per line.
