@@ -17,9 +17,9 @@ which a pipeline would catch and then read on from the dropped connection). komb
 they do when the broker goes away: the consumer drops the connection and reconnects with its backoff
 (a refused PING, or the write this transport adds to kombu's connection check, fails the attempt), and
 goes on once the server takes writes again. The message taken off its queue by the BRPOP whose
-unacked record was refused is kept here and pushed back to the head of its queue when a channel next
-connects (kombu would lose it: it is neither in the queue nor in the unacked hash, see celery/kombu#305
-for that window in general).
+unacked record was refused, or lost because the link dropped (a broker restart, a network cut), is kept
+here and pushed back to the head of its queue when a channel next connects (kombu would lose it: it is
+neither in the queue nor in the unacked hash, celery/kombu#305; tests/test_broker_link_loss.py).
 
 `install()` makes this the transport of the `redis://`, `rediss://` and `redis+socket://` URLs in this
 process (kombu's alias table). Beat's fenced transport (app/scheduling/fenced_transport.py) sets its
@@ -86,9 +86,9 @@ def refusal_parser(protocol=None) -> type:
     return REFUSAL_PARSERS[3 if check_protocol_version(protocol, 3) else 2]
 
 
-# Messages BRPOP took off their queue whose unacked record the server refused: (payload, exchange,
-# routing key), pushed back by the next channel that connects. Per process: the consumer's
-# connection, transport and channels are all replaced when it reconnects.
+# Messages BRPOP took off their queue whose unacked record was refused or lost with the link:
+# (payload, exchange, routing key), pushed back by the next channel that connects. Per process: the
+# consumer's connection, transport and channels are all replaced when it reconnects.
 _unrecorded: list[tuple[dict, str, str]] = []
 _unrecorded_lock = threading.Lock()
 
@@ -111,16 +111,18 @@ def unrecorded_messages() -> int:
 
 class QoS(redis_transport.QoS):
     def append(self, message, delivery_tag):
+        """Record `message` as unacked; one whose record was refused or whose link dropped meanwhile is
+        kept, to go back to its queue (the callback never saw it: kombu calls it after this)."""
         try:
             super().append(message, delivery_tag)
-        except WritesRefused as error:
+        except (redis.ConnectionError, redis.TimeoutError) as error:
             delivery = message.delivery_info
             with _unrecorded_lock:
                 _unrecorded.append((message._raw, delivery["exchange"], delivery["routing_key"]))
             headers = message.headers or {}
-            log.warning("broker refused to record task %s[%s] as unacked (%s): it goes back to queue %s "
-                        "once the broker takes writes again", headers.get("task"), headers.get("id"), error,
-                        delivery["routing_key"])
+            log.warning("could not record task %s[%s] as unacked (%s): it goes back to queue %s once the "
+                        "broker is reachable and takes writes again", headers.get("task"), headers.get("id"),
+                        error, delivery["routing_key"])
             raise
 
 
@@ -158,6 +160,9 @@ class Channel(redis_transport.Channel):
             pipe = client.pipeline()
             for payload, exchange, routing_key in waiting:
                 # A copy: a refused attempt leaves the kept payload as it was.
+                # A record written after all (the link dropped after the server took it) is no second
+                # copy: the message keeps its delivery tag, so its next delivery rewrites that same
+                # record and its ack deletes it.
                 self._do_restore_message(loads(dumps(payload)), exchange, routing_key, pipe)
             pipe.execute()  # refused: raised, and kept for the next attempt
             del _unrecorded[:len(waiting)]

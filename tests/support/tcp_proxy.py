@@ -21,6 +21,9 @@ class TcpProxy:
         self._accepting: threading.Thread | None = None
         self._connections: set[socket.socket] = set()
         self._lock = threading.Lock()
+        self._drop_marker: bytes | None = None
+        self._drop_forwarding = False
+        self.dropped = threading.Event()
 
     def start(self) -> "TcpProxy":
         """Listen (on a free port the first time, the same port after a cut) and forward."""
@@ -49,6 +52,13 @@ class TcpProxy:
 
     stop = cut
 
+    def drop_at(self, marker: bytes, forward: bool = False) -> None:
+        """Drop the next connection whose client sends bytes holding `marker`, before the target gets
+        them (a link lost between two commands), or with `forward` once it has them but before its
+        answer comes back; once. `dropped` is set when it happened."""
+        self.dropped.clear()
+        self._drop_marker, self._drop_forwarding = marker, forward
+
     def _accept(self, listener: socket.socket) -> None:
         while self._listener is listener:
             try:
@@ -64,13 +74,19 @@ class TcpProxy:
             upstream.settimeout(None)
             with self._lock:
                 self._connections.update((client, upstream))
-            for source, sink in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pump, args=(source, sink), daemon=True).start()
+            for source, sink, from_client in ((client, upstream, True), (upstream, client, False)):
+                threading.Thread(target=self._pump, args=(source, sink, from_client), daemon=True).start()
         listener.close()
 
-    def _pump(self, source: socket.socket, sink: socket.socket) -> None:
+    def _pump(self, source: socket.socket, sink: socket.socket, from_client: bool) -> None:
         try:
             while data := source.recv(BUFFER):
+                if from_client and self._should_drop(data):
+                    if self._drop_forwarding:
+                        _drop(source)  # first: the client never gets the answer
+                        sink.sendall(data)
+                        _wait_for_answer(sink)
+                    break
                 sink.sendall(data)
         except OSError:
             pass
@@ -79,6 +95,24 @@ class TcpProxy:
             self._connections.difference_update((source, sink))
         _drop(source)
         _drop(sink)
+
+
+    def _should_drop(self, data: bytes) -> bool:
+        with self._lock:
+            if self._drop_marker is None or self._drop_marker not in data:
+                return False
+            self._drop_marker = None
+        self.dropped.set()
+        return True
+
+
+def _wait_for_answer(target: socket.socket) -> None:
+    """Until the target answered (it has carried out what it was sent) or closed; this or the other pump
+    thread reads the answer, and the other one finds the client gone."""
+    try:
+        target.recv(BUFFER)
+    except OSError:
+        pass
 
 
 def _drop(connection: socket.socket) -> None:
