@@ -96,7 +96,6 @@ class TcpProxy:
         _drop(source)
         _drop(sink)
 
-
     def _should_drop(self, data: bytes) -> bool:
         with self._lock:
             if self._drop_marker is None or self._drop_marker not in data:
