@@ -47,6 +47,7 @@ from kombu.transport.redis import Mutex, MutexHeld
 from kombu.utils.json import loads
 from kombu.utils.encoding import bytes_to_str
 
+from app.core.exit_codes import EXIT_LEASE_LOST
 from app.tasks.celery_app import app
 
 log = logging.getLogger(__name__)
@@ -60,7 +61,6 @@ GRACE_SECONDS = 105.0
 SWEEP_INTERVAL = 5.0  # how often a worker looks for dead instances
 PING_TIMEOUT = 2.0  # how long a starting worker waits for any other worker to answer a ping
 MUTEX_WAIT = 10.0  # how long a starting worker waits for a concurrent restore to release the mutex
-EXIT_CODE_LEASE_LOST = 75
 
 REGISTRY_KEY = "app:recovery:workers"
 INFO_KEY = "app:recovery:worker:{}"
@@ -328,7 +328,7 @@ class Recovery:
                 child.kill()
             except psutil.Error:
                 pass
-        os._exit(EXIT_CODE_LEASE_LOST)
+        os._exit(EXIT_LEASE_LOST)
 
     def sweep(self) -> int:
         """Restore the recorded messages of every dead instance; the number restored."""
