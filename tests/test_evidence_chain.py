@@ -95,7 +95,16 @@ def chromium_family(root_pid: int) -> list[psutil.Process]:
         below = psutil.Process(root_pid).children(recursive=True)
     except psutil.Error:
         return []
-    return [p for p in below if "chromium" in p.name().lower() or "chrome" in p.name().lower()]
+    return [p for p in below if _is_chromium(p)]
+
+
+def _is_chromium(process: psutil.Process) -> bool:
+    """False for one that ended since it was listed (a Chromium helper or the worker's child may)."""
+    try:
+        name = process.name().lower()
+    except psutil.NoSuchProcess:
+        return False
+    return "chromium" in name or "chrome" in name
 
 
 @pytest.fixture
