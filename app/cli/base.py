@@ -119,6 +119,10 @@ def ensure_schema() -> None:
     migrate_all()
 
 
+# A busy worker may answer late: asked again, for longer, before the command says there is none.
+WORKER_ANSWER_TIMEOUTS = (1.5, 5.0)
+
+
 def require_worker(queue: str) -> None:
     """CliError unless the broker answers and a running worker consumes `queue`."""
     from app.manager import inspect
@@ -127,5 +131,7 @@ def require_worker(queue: str) -> None:
     if not broker.ok:
         raise CliError(f"broker not reachable ({broker.detail}); start the service first: "
                        "celery_beat_manager.py start --service all")
-    if not any(queue in queues for queues in inspect.worker_queues().values()):
-        raise CliError(f"no running worker consumes queue {queue}: start one ('start --service worker')")
+    for timeout in WORKER_ANSWER_TIMEOUTS:
+        if any(queue in queues for queues in inspect.worker_queues(timeout).values()):
+            return
+    raise CliError(f"no running worker consumes queue {queue}: start one ('start --service worker')")
