@@ -20,6 +20,11 @@ goes on once the server takes writes again. The message taken off its queue by t
 unacked record was refused, or lost because the link dropped (a broker restart, a network cut), is kept
 here and pushed back to the head of its queue when a channel next connects (kombu would lose it: it is
 neither in the queue nor in the unacked hash, celery/kombu#305; tests/test_broker_link_loss.py).
+An ack lost the same way (the task ran; the removal of its unacked record did not reach the server) is
+owed, not forgotten: kombu would leave the message unacked, to be given back and run a second time when
+the channel closes or the consumer reconnects. Here it counts as acked at once and its record is removed
+as soon as the broker answers again (the next message taken, the channel's close, or the consumer's
+reconnect, `QoS.hand_over`).
 
 `install()` makes this the transport of the `redis://`, `rediss://` and `redis+socket://` URLs in this
 process (kombu's alias table). Beat's fenced transport (app/scheduling/fenced_transport.py) sets its
@@ -36,11 +41,15 @@ import threading
 import redis
 from kombu import transport as kombu_transports
 from kombu.transport import redis as redis_transport
+from kombu.transport import virtual
 from kombu.utils.json import dumps, loads
 from redis._parsers import _HiredisParser, _RESP2Parser, _RESP3Parser
 from redis.utils import HIREDIS_AVAILABLE, check_protocol_version
 
 log = logging.getLogger(__name__)
+
+# What a dropped link, a broker restart or a refused write (WritesRefused) raises in redis-py.
+LINK_ERRORS = (redis.ConnectionError, redis.TimeoutError)
 
 WRITE_CHECK_KEY = "app:broker:write-check"
 WRITE_CHECK_TTL_MS = 60_000
@@ -110,12 +119,17 @@ def unrecorded_messages() -> int:
 
 
 class QoS(redis_transport.QoS):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.owed_acks: set = set()  # tags of messages done whose unacked record the server may still hold
+
     def append(self, message, delivery_tag):
         """Record `message` as unacked; one whose record was refused or whose link dropped meanwhile is
         kept, to go back to its queue (the callback never saw it: kombu calls it after this)."""
+        self.pay_owed_acks()
         try:
             super().append(message, delivery_tag)
-        except (redis.ConnectionError, redis.TimeoutError) as error:
+        except LINK_ERRORS as error:
             delivery = message.delivery_info
             with _unrecorded_lock:
                 _unrecorded.append((message._raw, delivery["exchange"], delivery["routing_key"]))
@@ -124,6 +138,64 @@ class QoS(redis_transport.QoS):
                         "broker is reachable and takes writes again", headers.get("task"), headers.get("id"),
                         error, delivery["routing_key"])
             raise
+
+    def ack(self, delivery_tag):
+        self._remove_or_owe(delivery_tag)
+        virtual.QoS.ack(self, delivery_tag)
+
+    def reject(self, delivery_tag, requeue=False):
+        if requeue:
+            super().reject(delivery_tag, requeue=True)
+            return
+        self._remove_or_owe(delivery_tag)
+        virtual.QoS.ack(self, delivery_tag)
+
+    def _remove_or_owe(self, delivery_tag) -> None:
+        """Remove the unacked record of a message that is done with; if the link is down, owe it."""
+        try:
+            self._remove_from_indices(delivery_tag).execute()
+        except LINK_ERRORS as error:
+            self.owed_acks.add(delivery_tag)
+            log.warning("could not ack message %s (%s): the ack is sent once the broker is reachable "
+                        "again, and the message is not delivered again", delivery_tag, error)
+
+    def pay_owed_acks(self, through: "QoS | None" = None) -> None:
+        """Remove the records of the acks owed, through this channel or `through`, the QoS of a channel on
+        a new connection. A link still down keeps them owed; with `through` it raises."""
+        owed = list(self.owed_acks)
+        if not owed:
+            return
+        qos = through or self
+        try:
+            with qos.pipe_or_acquire() as pipe:
+                for tag in owed:
+                    qos._remove_from_indices(tag, pipe)
+                pipe.execute()
+        except LINK_ERRORS:
+            if through is not None:
+                raise
+            return
+        self.owed_acks.difference_update(owed)
+        log.warning("sent %d ack(s) owed since the broker connection was lost", len(owed))
+
+    def restore_unacked_once(self, stderr=None):
+        """At the channel's close: the owed acks first (no message done with is left to be given back)."""
+        if self.channel.connection is not None:  # a channel collected after a lost connection has none
+            self.pay_owed_acks()
+        return super().restore_unacked_once(stderr)
+
+    def hand_over(self, restorer: "QoS") -> int:
+        """Through `restorer`, the QoS of a channel on a new connection (this channel's is gone): send the
+        acks owed, then give the messages still unacked back to their queues; how many went back.
+        Each is given back once: kombu's restore_by_tag is a transaction on the unacked hash."""
+        self.pay_owed_acks(through=restorer)
+        self._flush()  # acked tags: done with, not to be given back
+        given_back = 0
+        for tag in list(self._delivered):
+            restorer.restore_by_tag(tag)
+            self._delivered.pop(tag, None)
+            given_back += 1
+        return given_back
 
 
 class Channel(redis_transport.Channel):

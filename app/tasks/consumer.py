@@ -7,6 +7,8 @@ from functools import partial
 
 from celery.worker.consumer import Consumer
 
+from app.core.broker_transport import QoS
+
 log = logging.getLogger(__name__)
 
 # Flower sees events this much later; the worker's main loop stops paying one Redis publish
@@ -69,9 +71,10 @@ class EventBatchingConsumer(Consumer):
         return connection
 
     def _task_channel_qos(self):
-        """The unacked bookkeeping (kombu's QoS) of the channel tasks arrive on, if connected."""
+        """The unacked bookkeeping of the channel tasks arrive on, if connected to a Redis broker."""
         channel = getattr(self.task_consumer, "channel", None)
-        return getattr(channel, "qos", None)
+        qos = getattr(channel, "qos", None)
+        return qos if isinstance(qos, QoS) else None
 
     def _give_back_abandoned(self, connection) -> None:
         """Put back on their queues the messages held on a lost connection, now that a new one works.
@@ -80,23 +83,18 @@ class EventBatchingConsumer(Consumer):
         and the ETA retries waiting in memory; they cannot be acked on the new channel, and kombu's
         restore at close needed the broker that had just gone away. Left alone they would wait in the
         broker's unacked set for the whole visibility timeout (an hour). A message can still arrive on
-        the old channel as it closes (kombu reads a pending BRPOP reply in `Channel.close`).
+        the old channel as it closes (kombu reads a pending BRPOP reply in `Channel.close`). A task
+        that finished as the link went down owes its ack: that is sent instead (it ran; it does not
+        run again).
 
-        The old channel cannot give them back itself: closing it set its `connection` to None, and
-        every command it would send needs that (`'NoneType' object has no attribute 'client'`). Its
-        delivery tags are restored through the new connection's channel instead; the unacked set is
-        one per broker. Each is given back once (kombu's restore_by_tag is a transaction on the
-        unacked hash): none is lost or doubled.
+        The old channel cannot do this itself: closing it set its `connection` to None, and every
+        command it would send needs that (`'NoneType' object has no attribute 'client'`). It goes
+        through the new connection's channel instead (`QoS.hand_over`); the unacked set is one per
+        broker.
         """
         while self._abandoned:
-            abandoned = self._abandoned[0]
-            given_back = 0
             try:
-                restorer = connection.default_channel.qos
-                for tag in list(abandoned._delivered):
-                    restorer.restore_by_tag(tag)
-                    abandoned._delivered.pop(tag, None)
-                    given_back += 1
+                given_back = self._abandoned[0].hand_over(connection.default_channel.qos)
             except Exception as error:  # noqa: BLE001 - the broker went away again: next connect
                 log.warning("messages held on the lost broker connection not given back yet: %s", error)
                 return
