@@ -144,11 +144,11 @@ class QoS(redis_transport.QoS):
         virtual.QoS.ack(self, delivery_tag)
 
     def reject(self, delivery_tag, requeue=False):
+        """Without requeue, kombu's reject is its ack: done with, owed if the link is down."""
         if requeue:
             super().reject(delivery_tag, requeue=True)
-            return
-        self._remove_or_owe(delivery_tag)
-        virtual.QoS.ack(self, delivery_tag)
+        else:
+            self.ack(delivery_tag)
 
     def _remove_or_owe(self, delivery_tag) -> None:
         """Remove the unacked record of a message that is done with; if the link is down, owe it."""
