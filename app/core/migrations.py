@@ -1,18 +1,26 @@
-"""Schema migrations, applied by themselves: Alembic for app/models, Django's for django-celery-beat."""
+"""Schema migrations, applied by themselves: Alembic for app/models, Django's for django-celery-beat.
 
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
+Alembic is imported where it is used: it costs 0.2 s at every start of a command that never migrates.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 from sqlalchemy.engine import Engine
 
 from app.core.config import PROJECT_ROOT
 from app.core.locks import MIGRATIONS, session_lock
 
+if TYPE_CHECKING:
+    from alembic.config import Config
+
 ALEMBIC_INI = PROJECT_ROOT / "alembic.ini"
 
 
 def alembic_config() -> Config:
+    from alembic.config import Config
+
     config = Config(str(ALEMBIC_INI))
     config.set_main_option("script_location", str(PROJECT_ROOT / "app" / "migrations"))
     return config
@@ -25,6 +33,8 @@ def upgrade_app_schema(engine: Engine) -> None:
 
 
 def _upgrade(connection) -> None:
+    from alembic import command
+
     config = alembic_config()
     config.attributes["connection"] = connection
     command.upgrade(config, "head")
@@ -47,6 +57,9 @@ def migrate_all() -> None:
 
 def pending_app_revisions(engine: Engine) -> list[str]:
     """Alembic revisions not yet applied."""
+    from alembic.runtime.migration import MigrationContext
+    from alembic.script import ScriptDirectory
+
     script = ScriptDirectory.from_config(alembic_config())
     with engine.connect() as connection:
         current = set(MigrationContext.configure(connection).get_current_heads())

@@ -5,7 +5,6 @@ from pathlib import Path
 
 from app.core.config import get_settings
 from app.core.database import SessionFactory
-from app.services import documents
 from app.services.alerts import alert_disk
 from app.services.disk import check_disk_space as measure_disk_space, worst
 from app.services.disk_watch import data_volume_paths
@@ -61,6 +60,8 @@ def cleanup_logs() -> dict:
 def register_document(delivery_id: int, path: str, original_name: str | None = None) -> dict:
     """Store a PDF or image from DOCUMENT_INBOX for a delivery under the files root, once per content;
     reject anything else, and any path outside the inbox."""
+    from app.services import documents  # pypdf and PIL load where a document is registered (receipt_tasks)
+
     settings = get_settings()
     return documents.register_document(SessionFactory, settings.files_path, delivery_id, Path(path), original_name,
                                        inbox=settings.document_inbox_path)
@@ -69,4 +70,6 @@ def register_document(delivery_id: int, path: str, original_name: str | None = N
 @app.task(**DEFAULT_POLICY)
 def cleanup_unreferenced_files() -> dict:
     """Delete stored files that no delivery file row references, once older than an hour."""
+    from app.services import documents
+
     return documents.remove_unreferenced_files(SessionFactory, get_settings().files_path).as_dict()
