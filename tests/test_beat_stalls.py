@@ -42,7 +42,7 @@ from tests.support.inprocess_beat import CopyHistory
 from tests.support.project import Project, moment
 from tests.support.services import DEFAULT_POSTGRES_ADMIN_URL, postgres_database, redis_test_url
 from tests.support.tcp_proxy import TcpProxy
-from tests.support.waiting import wait_until
+from tests.support.waiting import FIRST_PAUSE, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(420)]
 
@@ -275,7 +275,8 @@ class CommitGate:
                 return cursor.fetchone()
 
             try:
-                port = wait_until(sleeping_commit, 15, "the leader committed a run's record")[0]
+                port = wait_until(sleeping_commit, 15, "the leader committed a run's record",  # asleep for 0.8 s
+                                  longest_pause=FIRST_PAUSE)[0]
                 ports = {c.laddr.port for c in psutil.Process(pid).net_connections("tcp") if c.laddr}
                 os.kill(pid, stop)
                 assert port in ports, f"the beat sleeping in COMMIT is the lease holder {pid}"
