@@ -8,6 +8,7 @@ PostgreSQL only, through a proxy the test cuts and restores.
 
 import json
 import os
+import re
 import signal
 import subprocess
 import time
@@ -50,6 +51,23 @@ BEAT_SCHEDULE.update({
                           "options": {"queue": Queue.HIGH_PRIORITY}, "policy": {"overlap": "allow"}},
 })
 '''
+
+CANCELLED_ON_LOSS = re.compile(r"Task \S+\[(?P<id>[0-9a-f-]+)\] cannot be acknowledged after a connection loss")
+SUCCEEDED = re.compile(r"Task \S+\[(?P<id>[0-9a-f-]+)\] succeeded in")
+
+
+def finished_as_the_link_dropped(worker_log: str) -> set[str]:
+    """Tasks Celery cancelled on the lost connection (worker_cancel_long_running_tasks_on_connection_loss)
+    after their child had already logged success: their result was still on its way to the worker's
+    main process, so Celery took them for running, did not ack them, and they run again."""
+    succeeded, cancelled_after = set(), set()
+    for line in worker_log.splitlines():
+        if match := SUCCEEDED.search(line):
+            succeeded.add(match["id"])
+        elif (match := CANCELLED_ON_LOSS.search(line)) and match["id"] in succeeded:
+            cancelled_after.add(match["id"])
+    return cancelled_after
+
 
 EMBEDDED_BROKER = """
 import sys
@@ -185,7 +203,10 @@ def test_broker_restart_loses_no_due_job_and_sends_none_twice(project, tmp_path)
     keys = [(run["name"], run["due_at"]) for run in runs if run["due_at"]]
     assert len(keys) == len(set(keys)), "no due run recorded twice"
     executed = [line["id"] for line in results]
-    assert len(executed) == len(set(executed)), "no message ran twice"
+    twice = {task_id for task_id in executed if executed.count(task_id) > 1}
+    assert twice <= finished_as_the_link_dropped(project.log_text("celery_worker.log")), \
+        "no message ran twice, except where the guarantee ends (CELERY_BEAT_CONFIG.md, partition)"
+    assert all(executed.count(task_id) <= 2 for task_id in twice)
     sent = [run for run in runs if run["name"] in PROBE_JOBS and run["task_id"]]
     assert {run["outcome"] for run in sent} == {"success"}, "every sent run ran: the broker kept what was queued"
     assert {run["task_id"] for run in sent} <= set(executed)
