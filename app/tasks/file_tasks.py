@@ -60,7 +60,7 @@ def cleanup_logs() -> dict:
 def register_document(delivery_id: int, path: str, original_name: str | None = None) -> dict:
     """Store a PDF or image from DOCUMENT_INBOX for a delivery under the files root, once per content;
     reject anything else, and any path outside the inbox."""
-    from app.services import documents  # pypdf and PIL load where a document is registered (receipt_tasks)
+    from app.services import documents  # pypdf and PIL: loaded here, not at every start
 
     settings = get_settings()
     return documents.register_document(SessionFactory, settings.files_path, delivery_id, Path(path), original_name,
